@@ -1,0 +1,143 @@
+"""Layer maps: where each family keeps its transformer layers and their sub-modules.
+
+One small function per family turns a Hugging Face model into an ordered list of
+`LayerSpec` (encoder layers first, then decoder layers); everything else in pdspace is
+family-agnostic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+Slot = tuple[nn.Module, str]  # (parent module, attribute name) of a sub-module
+
+
+@dataclass
+class LayerSpec:
+    """One transformer layer and the places PEFT modules attach to."""
+
+    index: int
+    stack: str  # "encoder" or "decoder"
+    block: nn.Module
+    self_attn: nn.Module  # the module handed to the attention function (gets the prefix)
+    num_kv_heads: int
+    head_dim: int
+    lora_targets: list[Slot]  # q and v projections of every attention in the layer
+    ffn_out: Slot  # the feed-forward output projection (the adapter follows it)
+    linears: list[Slot]  # every projection of attention(s) and feed-forward (BitFit adds biases here if none)
+    norms: list[nn.Module] = field(default_factory=list)  # layer norms whose biases BitFit trains
+
+
+def get(slot: Slot) -> nn.Module:
+    """The module in a slot."""
+    return getattr(slot[0], slot[1])
+
+
+def _slots(parent: nn.Module, names: list[str]) -> list[Slot]:
+    return [(parent, n) for n in names if isinstance(getattr(parent, n, None), nn.Module)]
+
+
+def _bert_layers(model: nn.Module) -> list[LayerSpec]:
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    out = []
+    for i, layer in enumerate(model.base_model.encoder.layer):
+        sa = layer.attention.self
+        out.append(LayerSpec(
+            index=i, stack="encoder", block=layer, self_attn=sa, num_kv_heads=heads,
+            head_dim=cfg.hidden_size // heads,
+            lora_targets=_slots(sa, ["query", "value"]),
+            ffn_out=(layer.output, "dense"),
+            linears=_slots(sa, ["query", "key", "value"]) + [(layer.attention.output, "dense"),
+                                                            (layer.intermediate, "dense"), (layer.output, "dense")],
+            norms=[layer.attention.output.LayerNorm, layer.output.LayerNorm],
+        ))
+    return out
+
+
+def _bart_layers(model: nn.Module) -> list[LayerSpec]:
+    base = model.base_model
+    out = []
+    stacks = [(s, getattr(base, s)) for s in ("encoder", "decoder") if getattr(base, s, None) is not None]
+    for stack, module in stacks:
+        for layer in module.layers:
+            attns = [layer.self_attn] + ([layer.encoder_attn] if hasattr(layer, "encoder_attn") else [])
+            norms = [layer.self_attn_layer_norm, layer.final_layer_norm]
+            if hasattr(layer, "encoder_attn_layer_norm"):
+                norms.insert(1, layer.encoder_attn_layer_norm)
+            out.append(LayerSpec(
+                index=len(out), stack=stack, block=layer, self_attn=layer.self_attn,
+                num_kv_heads=layer.self_attn.num_heads, head_dim=layer.self_attn.head_dim,
+                lora_targets=[s for a in attns for s in _slots(a, ["q_proj", "v_proj"])],
+                ffn_out=(layer, "fc2"),
+                linears=[s for a in attns for s in _slots(a, ["q_proj", "k_proj", "v_proj", "out_proj"])]
+                + _slots(layer, ["fc1", "fc2"]),
+                norms=norms,
+            ))
+    return out
+
+
+def _t5_layers(model: nn.Module) -> list[LayerSpec]:
+    base = model.base_model
+    out = []
+    stacks = [(s, getattr(base, s)) for s in ("encoder", "decoder") if getattr(base, s, None) is not None]
+    for stack, module in stacks:
+        for block in module.block:
+            sa = block.layer[0].SelfAttention
+            attns = [sa] + ([block.layer[1].EncDecAttention] if stack == "decoder" else [])
+            ff = block.layer[-1].DenseReluDense
+            out.append(LayerSpec(
+                index=len(out), stack=stack, block=block, self_attn=sa,
+                num_kv_heads=sa.n_heads, head_dim=sa.key_value_proj_dim,
+                lora_targets=[s for a in attns for s in _slots(a, ["q", "v"])],
+                ffn_out=(ff, "wo"),
+                linears=[s for a in attns for s in _slots(a, ["q", "k", "v", "o"])]
+                + _slots(ff, ["wi", "wi_0", "wi_1", "wo"]),
+            ))
+    return out
+
+
+def _llama_layers(model: nn.Module) -> list[LayerSpec]:
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    out = []
+    for i, layer in enumerate(model.base_model.layers):
+        sa = layer.self_attn
+        out.append(LayerSpec(
+            index=i, stack="decoder", block=layer, self_attn=sa,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
+            lora_targets=_slots(sa, ["q_proj", "v_proj"]),
+            ffn_out=(layer.mlp, "down_proj"),
+            linears=_slots(sa, ["q_proj", "k_proj", "v_proj", "o_proj"])
+            + _slots(layer.mlp, ["gate_proj", "up_proj", "down_proj"]),
+        ))
+    return out
+
+
+FAMILIES: dict[str, Callable[[nn.Module], list[LayerSpec]]] = {
+    "bert": _bert_layers,
+    "roberta": _bert_layers,
+    "xlm-roberta": _bert_layers,
+    "bart": _bart_layers,
+    "mbart": _bart_layers,
+    "t5": _t5_layers,
+    "mt5": _t5_layers,
+    "llama": _llama_layers,
+    "mistral": _llama_layers,
+    "qwen2": _llama_layers,
+}
+
+
+def layer_map(model: nn.Module) -> list[LayerSpec]:
+    """The model's layers, encoder then decoder, as `LayerSpec`s."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"unsupported model family {model_type or type(model).__name__!r}; pdspace supports "
+            f"{', '.join(sorted(FAMILIES))} (add a layer map in pdspace/peft/families.py for others)"
+        )
+    return FAMILIES[model_type](model)

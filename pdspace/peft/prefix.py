@@ -1,0 +1,103 @@
+"""Prefix: trainable key/value vectors prepended inside a layer's self-attention.
+
+Every supported family calls attention through `transformers.AttentionInterface`, so the
+prefix lives in one registered attention function ("pdspace"): for a module that carries a
+`pdspace_prefix`, it prepends the prefix keys/values, opens the mask over the prefix
+columns, gives them zero position bias (T5), and calls PyTorch's scaled-dot-product
+attention through transformers' SDPA path. Real tokens keep their own positions; modules
+without a prefix pass straight through. No model forward is copied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_IMPLEMENTATION = "pdspace"
+
+
+class PrefixKV(nn.Module):
+    """`prefix_len` trainable key and value vectors per key/value head."""
+
+    def __init__(self, num_kv_heads: int, prefix_len: int, head_dim: int, *, init_std: float = 0.02,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.prefix_len = prefix_len
+        shape = (num_kv_heads, prefix_len, head_dim)
+        self.key = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
+        self.value = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
+
+    def extend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prepend the prefix to `key`/`value` and widen the mask and position bias (in `kwargs`) to match."""
+        batch, p = key.shape[0], self.prefix_len
+        q_len, k_len = query.shape[2], key.shape[2]
+        pk = self.key.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        pv = self.value.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+
+        is_causal = kwargs.get("is_causal")
+        if is_causal is None:
+            is_causal = getattr(module, "is_causal", True)
+        if attention_mask is None and is_causal and q_len > 1:
+            # SDPA's own is_causal would align the triangle top-left over [prefix; real]: build it explicitly,
+            # real tokens causal among themselves (with any cached offset), the prefix visible to all.
+            offset = k_len - q_len
+            rows = torch.arange(q_len, device=key.device)[:, None] + offset
+            attention_mask = (torch.arange(k_len, device=key.device)[None, :] <= rows)[None, None]
+        if attention_mask is not None:
+            open_cols = torch.ones if attention_mask.dtype == torch.bool else torch.zeros
+            pad = open_cols((*attention_mask.shape[:-1], p), dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = torch.cat([pad, attention_mask], dim=-1)
+        bias = kwargs.get("position_bias")
+        if bias is not None:
+            zeros = torch.zeros((*bias.shape[:-1], p), dtype=bias.dtype, device=bias.device)
+            kwargs["position_bias"] = torch.cat([zeros, bias], dim=-1)
+        return key, value, attention_mask
+
+
+def pdspace_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA attention that prepends `module.pdspace_prefix` when the module has one."""
+    prefix = getattr(module, "pdspace_prefix", None)
+    if prefix is not None:
+        key, value, attention_mask = prefix.extend(module, query, key, value, attention_mask, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_attention() -> str:
+    """Register the pdspace attention (and its mask format, SDPA's) with transformers; idempotent."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, pdspace_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return ATTN_IMPLEMENTATION
+
+
+def use_pdspace_attention(model: nn.Module) -> None:
+    """Switch `model` (and its sub-models' configs) to the pdspace attention function."""
+    register_attention()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if getattr(module, "pdspace_prefix", None) is not None and cfg._attn_implementation != ATTN_IMPLEMENTATION:
+            raise RuntimeError(
+                f"{type(module).__name__} still uses attention {cfg._attn_implementation!r} after switching to "
+                f"{ATTN_IMPLEMENTATION!r}; this model does not dispatch attention through AttentionInterface"
+            )
