@@ -25,7 +25,7 @@ class BudgetError(ValueError):
 class StrategyCost:
     """Parameters of one strategy's module in one layer: `fixed + unit * size`."""
 
-    fixed: int
+    fixed: int = 0
     unit: int = 0
 
     def params(self, size: int) -> int:

@@ -1,0 +1,54 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+from pdspace.archs import build_model  # noqa: E402
+
+# one tiny model per supported family, with the head its tasks use
+FAMILY_MODELS = {
+    "bert": ("tiny-bert", "classification"),
+    "roberta": ("tiny-roberta", "classification"),
+    "t5": ("tiny-t5", "seq2seq"),
+    "mt5": ("tiny-mt5", "seq2seq"),
+    "bart": ("tiny-bart", "seq2seq"),
+    "mbart": ("tiny-mbart", "seq2seq"),
+    "llama": ("tiny-llama", "causal"),
+}
+
+
+def tiny(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random model of `family`, eval mode (no dropout), reproducible from `seed`."""
+    arch, head = FAMILY_MODELS[family]
+    kwargs = {"num_labels": 3} if head == "classification" else {}
+    return build_model(arch, head, seed=seed, **kwargs)
+
+
+def tiny_inputs(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A padded batch of 2 for `model` (decoder inputs for encoder-decoders)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, model.config.vocab_size, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if model.config.is_encoder_decoder:
+        batch["decoder_input_ids"] = torch.randint(3, model.config.vocab_size, (2, 5), generator=g)
+    return batch
+
+
+def output_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's main output tensor."""
+    out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.fixture(params=sorted(FAMILY_MODELS))
+def family(request):
+    return request.param

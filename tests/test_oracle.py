@@ -1,0 +1,147 @@
+"""pdspace modules against independent implementations: HF peft, and attention computed by hand."""
+
+import copy
+
+import pytest
+import torch
+from conftest import output_of, tiny, tiny_inputs
+from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+from transformers import BartForCausalLM
+
+from pdspace import Design, apply_design
+from pdspace.archs import build_config, build_model
+from pdspace.peft import LoraLinear, layer_map
+
+
+def _randomise(model, names=("lora_A", "lora_B")):
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.rsplit(".", 1)[-1] in names:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize(
+    "family, pattern, targets, peft_layers, stack_layers",
+    [
+        ("bert", "layer", ["query", "value"], [1, 3], "0101"),
+        # encoder-decoders: peft's layer index selects that layer in both stacks
+        ("bart", "layers", ["q_proj", "v_proj"], [1], "0101"),
+        ("t5", "block", ["q", "v"], [0], "1010"),
+    ],
+)
+def test_lora_equals_peft_lora(family, pattern, targets, peft_layers, stack_layers):
+    base = tiny(family)
+    ours = copy.deepcopy(base)
+    design = Design([1, 1, 1, 1], "uniform", stack_layers, ["L"] * 4)
+    apply_design(ours, design, sizes={"lora_rank": 4}, lora_scaling=8 / 4)
+    _randomise(ours)
+    task = TaskType.SEQ_CLS if family == "bert" else TaskType.SEQ_2_SEQ_LM
+    ref = get_peft_model(copy.deepcopy(base), LoraConfig(
+        task_type=task, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+        layers_to_transform=peft_layers, layers_pattern=pattern)).eval()
+    ours_lora = {n: m for n, m in ours.named_modules() if isinstance(m, LoraLinear)}
+    ref_lora = {n.removeprefix("base_model.model."): m for n, m in ref.named_modules() if hasattr(m, "lora_A")
+                and "default" in getattr(m, "lora_A", {})}
+    assert set(ours_lora) == set(ref_lora) and len(ours_lora) == {"bert": 4, "bart": 6, "t5": 6}[family]
+    with torch.no_grad():
+        for name, m in ours_lora.items():
+            ref_lora[name].lora_A["default"].weight.copy_(m.lora_A)
+            ref_lora[name].lora_B["default"].weight.copy_(m.lora_B)
+        batch = tiny_inputs(base)
+        expected = output_of(ref, batch)
+        torch.testing.assert_close(output_of(ours, batch), expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(output_of(base, batch), expected, atol=1e-3)  # the update matters
+
+
+def _bart_decoder():
+    # BART's decoder stack alone (peft puts seq2seq prefixes on decoder self- and cross-attention, pdspace on
+    # every layer's self-attention, so the decoder stack is where the two definitions coincide)
+    torch.manual_seed(0)
+    model = BartForCausalLM(build_config("tiny-bart", is_decoder=True, is_encoder_decoder=False)).eval()
+    with torch.no_grad():  # peft shifts positions by the prefix length; learned positions would differ
+        model.model.decoder.embed_positions.weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize(
+    "name, make, task, shift",
+    [
+        ("bert", lambda: build_model("tiny-bert", "classification", num_labels=2), TaskType.SEQ_CLS, True),
+        ("bart-decoder", _bart_decoder, TaskType.CAUSAL_LM, False),
+        ("llama", lambda: build_model("tiny-llama", "causal"), TaskType.CAUSAL_LM, True),
+    ],
+)
+def test_flat_prefix_equals_peft_prefix_tuning(name, make, task, shift):
+    p = 3
+    base = make()
+    ref = get_peft_model(copy.deepcopy(base), PrefixTuningConfig(task_type=task, num_virtual_tokens=p)).eval()
+    weight = ref.prompt_encoder["default"].embedding.weight
+    cfg = ref.peft_config["default"]
+    ours = copy.deepcopy(base)
+    layers = layer_map(ours)
+    apply_design(ours, Design([1] * len(layers), "uniform", None, ["P"] * len(layers)), sizes={"prefix_len": p})
+    with torch.no_grad():
+        weight.normal_()
+        kv_heads = layers[0].num_kv_heads
+        per_layer = weight.view(p, cfg.num_layers * 2, kv_heads, -1)
+        for i, layer in enumerate(layers):
+            layer.self_attn.pdspace_prefix.key.copy_(per_layer[:, 2 * i].transpose(0, 1))
+            layer.self_attn.pdspace_prefix.value.copy_(per_layer[:, 2 * i + 1].transpose(0, 1))
+        batch = tiny_inputs(base)
+        expected = ref(**batch).logits
+        if shift:  # peft's cached prefix moves real tokens' absolute positions by p: give ours the same positions
+            batch["position_ids"] = torch.arange(p, p + batch["input_ids"].shape[1]).expand(2, -1)
+        got = ours(**batch).logits
+        keep = batch["attention_mask"].bool() if got.dim() == 3 else slice(None)
+        torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=0)
+        assert not torch.allclose(base(**tiny_inputs(base)).logits, expected, atol=1e-3)
+
+
+def _t5_attention_by_hand(attn, prefix, hidden, position_bias, mask_bool):
+    """One T5 attention with a prefix, computed explicitly: softmax over [prefix; real] keys, no scaling,
+    prefix columns without position bias and never masked, real tokens keeping their own relative positions."""
+    b, n, _ = hidden.shape
+    h, d = attn.n_heads, attn.key_value_proj_dim
+
+    def heads(x):
+        return x.view(b, -1, h, d).transpose(1, 2)
+
+    q, k, v = heads(attn.q(hidden)), heads(attn.k(hidden)), heads(attn.v(hidden))
+    pk = prefix.key.unsqueeze(0).expand(b, -1, -1, -1)
+    pv = prefix.value.unsqueeze(0).expand(b, -1, -1, -1)
+    scores_prefix = q @ pk.transpose(-1, -2)  # (b, h, n, p): no position bias, never masked
+    scores_real = q @ k.transpose(-1, -2) + position_bias
+    scores_real = scores_real.masked_fill(~mask_bool, float("-inf"))
+    weights = torch.softmax(torch.cat([scores_prefix, scores_real], dim=-1), dim=-1)
+    out = weights @ torch.cat([pv, v], dim=2)
+    return attn.o(out.transpose(1, 2).reshape(b, n, h * d))
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_t5_prefix_attention_matches_hand_computation(stack):
+    model = tiny("t5")
+    design = Design([1, 1, 1, 1], "uniform", None, ["P"] * 4)
+    apply_design(model, design, sizes={"prefix_len": 4}, prefix_init_std=1.0)
+    blocks = getattr(model, stack).block
+    first, attn = blocks[0].layer[0].SelfAttention, blocks[1].layer[0].SelfAttention  # layer 1 reuses layer 0's bias
+    g = torch.Generator().manual_seed(3)
+    n = 6
+    hidden = torch.randn(2, n, model.config.d_model, generator=g)
+    with torch.no_grad():
+        position_bias = first.compute_bias(n, n)
+        if stack == "encoder":
+            mask_bool = torch.ones(2, 1, 1, n, dtype=torch.bool)
+            mask_bool[1, ..., 4:] = False  # padding in the second row
+            mask_arg = mask_bool
+        else:
+            mask_bool = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
+            mask_arg = None  # the model leaves causal masking to attention when there is no padding
+        got = attn(hidden, mask=mask_arg, position_bias=position_bias)[0]
+        expected = _t5_attention_by_hand(attn, attn.pdspace_prefix, hidden, position_bias, mask_bool)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        # and the prefix is really used: dropping it changes the output
+        saved = attn.pdspace_prefix
+        del attn.pdspace_prefix
+        assert not torch.allclose(attn(hidden, mask=mask_arg, position_bias=position_bias)[0], got, atol=1e-4)
+        attn.pdspace_prefix = saved

@@ -1,0 +1,163 @@
+import copy
+
+import pytest
+import torch
+from conftest import FAMILY_MODELS, output_of, tiny, tiny_inputs
+
+from pdspace import Design, apply_design, load_trainable_state_dict, merge_lora, trainable_state_dict
+from pdspace.archs import build_model
+from pdspace.peft import AdapterLinear, LoraLinear, PrefixKV, layer_map, unmerge_lora
+
+NO_PREFIX = Design([1, 1, 1, 1], "uniform", None, ["AL", "B", "LB", "A"])
+ALL_FOUR = Design([1, 1, 1, 1], "increasing", None, ["AP", "PB", "L", "APBL"])
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_every_family_has_four_tiny_layers(family):
+    assert len(layer_map(tiny(family))) == 4
+
+
+def test_fresh_patch_without_prefix_is_exactly_the_backbone(family):
+    base = tiny(family)
+    batch = tiny_inputs(base)
+    patched = copy.deepcopy(base)
+    report = apply_design(patched, NO_PREFIX, budget_fraction=0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(output_of(patched, batch), output_of(base, batch), atol=1e-6, rtol=0)
+    assert any(isinstance(m, LoraLinear) for m in patched.modules())
+    assert any(isinstance(m, AdapterLinear) for m in patched.modules())
+    assert report.trainable_params == sum(p.numel() for n, p in patched.named_parameters()
+                                          if p.requires_grad and not n.startswith(("classifier", "score")))
+
+
+def test_trainable_count_matches_report(family):
+    model = tiny(family)
+    report = apply_design(model, ALL_FOUR, budget_fraction=0.05)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == report.trainable_params + report.head_params
+    assert sum(r.params for r in report.layers) == report.trainable_params
+    assert report.fraction == pytest.approx(0.05, rel=0.02)
+    assert [r.group for r in report.layers] == [0, 1, 2, 3]
+    assert report.layers[3].sizes.keys() == {"A", "P", "B", "L"}
+
+
+def test_one_step_changes_exactly_the_trainable_tensors_and_grads_reach_all(family):
+    model = tiny(family)
+    apply_design(model, ALL_FOUR, budget_fraction=0.05)
+    trainable = trainable_names(model)
+    # zero-initialised halves (LoRA B, adapter up) would block the other halves' gradient: perturb first
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    output_of(model, tiny_inputs(model)).float().pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in trainable), \
+        [n for n in trainable if grads[n] is None or grads[n].abs().sum() == 0]
+    assert all(grads[n] is None for n in grads if n not in trainable)
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == trainable
+
+
+def test_trainable_state_dict_round_trip(family):
+    model = tiny(family)
+    apply_design(model, ALL_FOUR, budget_fraction=0.05)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    state = trainable_state_dict(model)
+    assert set(state) == trainable_names(model)
+    fresh = tiny(family)
+    apply_design(fresh, ALL_FOUR, budget_fraction=0.05)
+    load_trainable_state_dict(fresh, state)
+    batch = tiny_inputs(model)
+    with torch.no_grad():
+        torch.testing.assert_close(output_of(fresh, batch), output_of(model, batch))
+    with pytest.raises(ValueError, match="checkpoint does not match the patched model"):
+        load_trainable_state_dict(fresh, {"nope": torch.zeros(1)})
+
+
+def test_lora_merge_keeps_outputs(family):
+    model = tiny(family)
+    apply_design(model, Design([1, 1, 1, 1], "uniform", None, ["L", "AL", "L", "LB"]), budget_fraction=0.05)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoraLinear):
+                m.lora_B.normal_(0, 0.1)
+    batch = tiny_inputs(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer.weight" in n}
+    with torch.no_grad():
+        expected = output_of(model, batch)
+        assert merge_lora(model) == sum(isinstance(m, LoraLinear) for m in model.modules())
+        torch.testing.assert_close(output_of(model, batch), expected, atol=1e-5, rtol=1e-4)
+        assert unmerge_lora(model) > 0
+    for n, p in model.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p, weights[n], atol=1e-6, rtol=0)
+
+
+def test_prefix_runs_on_some_t5_layers_in_both_stacks_and_generates():
+    model = tiny("t5")
+    design = Design([1, 1, 1, 1], "uniform", "0110", ["", "P", "P", ""])  # encoder layer 1, decoder layer 0
+    apply_design(model, design, sizes={"prefix_len": 3})
+    prefixed = [n for n, m in model.named_modules() if isinstance(m, PrefixKV)]
+    assert prefixed == ["encoder.block.1.layer.0.SelfAttention.pdspace_prefix",
+                        "decoder.block.0.layer.0.SelfAttention.pdspace_prefix"]
+    batch = tiny_inputs(model)
+    with torch.no_grad():
+        logits = output_of(model, batch)
+        assert logits.shape == (2, 5, model.config.vocab_size) and torch.isfinite(logits).all()
+        # incremental decoding (cache, one query at a time) must agree with the full forward pass
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     decoder_input_ids=out.sequences[:, :-1]).logits
+        torch.testing.assert_close(torch.stack(out.scores, 1), full[:, -len(out.scores):], atol=1e-5, rtol=1e-4)
+
+
+def test_unsupported_family_is_a_clear_error():
+    from transformers import GPT2Config, GPT2Model
+    model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(ValueError, match="unsupported model family 'gpt2'; pdspace supports"):
+        apply_design(model, Design([1, 1], strategies=["L", "L"]))
+
+
+def test_design_must_fit_the_layer_count():
+    model = tiny("bart")
+    with pytest.raises(ValueError, match=r"covers 5 layers but BartForConditionalGeneration has 4 "
+                                         r"\(2 encoder \+ 2 decoder\); use groups summing to 4"):
+        apply_design(model, Design([1, 1, 1, 2], strategies=["L"] * 4))
+
+
+def test_patching_twice_is_refused():
+    model = tiny("bert")
+    apply_design(model, NO_PREFIX, budget_fraction=0.05)
+    with pytest.raises(ValueError, match="already patched"):
+        apply_design(model, NO_PREFIX, budget_fraction=0.05)
+
+
+def test_unreachable_budget_on_a_real_model_is_a_value_error():
+    model = tiny("bert")
+    with pytest.raises(ValueError, match=r"group 1 \(layers 0-0\)"):
+        apply_design(model, Design([1, 1, 1, 1], strategies=["AL", "A", "L", "A"]), budget_fraction=0.0005)
+
+
+def test_meta_device_patching_keeps_new_modules_on_meta():
+    model = build_model("t5-base", "seq2seq", device="meta")
+    apply_design(model, Design([6, 6, 6, 6], strategies=["APBL"] * 4))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_task_head_counted_apart():
+    model = tiny("roberta")
+    report = apply_design(model, NO_PREFIX, budget_fraction=0.05)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    assert report.head_params == head > 0
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    assert set(FAMILY_MODELS) >= {"bert", "roberta", "t5", "bart", "llama"}
