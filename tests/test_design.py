@@ -84,8 +84,10 @@ def test_grouping_patterns_are_disjoint_and_counted():
 
 
 def test_grouping_constraint_errors():
-    with pytest.raises(ValueError, match="allows no split of 6 layers into 4 groups"):
-        GroupingConstraint("uniform", 6)
+    with pytest.raises(ValueError, match="allows no split of 5 layers into 4 groups"):
+        GroupingConstraint("spindle", 5)
+    assert set(GroupingConstraint("uniform", 6).enumerate()) == {
+        c for c in compositions(6, 4) if sorted(c) == [1, 1, 2, 2]}
     with pytest.raises(ValueError, match="summing to its 24 layers"):
         GroupingConstraint([[4, 8, 8, 5]], 24)
     with pytest.raises(ValueError, match="unknown grouping pattern"):

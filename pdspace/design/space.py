@@ -166,7 +166,9 @@ def _unimodal(c: Sequence[int], up_then_down: bool) -> bool:
 def grouping_matches(pattern: str, c: Sequence[int]) -> bool:
     """Whether composition `c` (layers per group) follows a grouping pattern.
 
-    - uniform: all groups equal.
+    - uniform: sizes as equal as integers allow (max - min <= 1; all equal when G divides
+      the layer count). On other counts it can overlap the patterns below: for 6 layers,
+      [1, 2, 2, 1] is both uniform and spindle.
     - increasing: n1 <= n2 <= ... <= nG and n1 < nG (non-decreasing, not uniform).
     - decreasing: the mirror image of increasing.
     - spindle (G >= 3): rises then falls (unimodal) and every middle group is strictly
@@ -178,7 +180,7 @@ def grouping_matches(pattern: str, c: Sequence[int]) -> bool:
     if pattern == "any":
         return True
     if pattern == "uniform":
-        return len(set(c)) == 1
+        return max(c) - min(c) <= 1
     if pattern == "increasing":
         return _non_decreasing(c) and c[0] < c[-1]
     if pattern == "decreasing":
@@ -272,8 +274,8 @@ class GroupingConstraint(Constraint):
                 c = tuple(int(n) for n in c)
                 if len(c) != num_groups or sum(c) != num_layers or min(c) < 1:
                     raise ValueError(
-                        f"groups {list(c)} do not fit the backbone: need {num_groups} positive sizes "
-                        f"summing to its {num_layers} layers"
+                        f"groups {list(c)} do not fit the backbone: give {num_groups} positive sizes summing to "
+                        f"its {num_layers} layers, or a pattern such as 'uniform' or 'spindle'"
                     )
                 self._values.append(c)
             self.description = ",".join("-".join(map(str, c)) for c in self._values)

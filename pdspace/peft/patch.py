@@ -72,14 +72,14 @@ class PatchReport:
 
     def table(self) -> str:
         """A plain-text table: one row per group, then the totals."""
-        lines = [f"design {self.design}", f"{'group':>5} {'layers':>9} {'strategies':>10}  {'sizes (first layer)':<34}"
+        lines = [f"design {self.design}", f"{'group':>5} {'layers':>9} {'strategies':>10}  {'sizes (first layer)':<42}"
                  f"{'params':>12}"]
         for g, r in enumerate(self.design.group_ranges()):
             rows = [row for row in self.layers if row.group == g]
             sizes = ", ".join(f"{SIZE_NAMES.get(k, 'bitfit')}={v}" if k != "B" else "bitfit"
                               for k, v in rows[0].sizes.items()) or "frozen"
             lines.append(f"{g + 1:>5} {f'{r.start}-{r.stop - 1}':>9} {'+'.join(rows[0].strategies) or '-':>10}  "
-                         f"{sizes:<34}{sum(x.params for x in rows):>12,}")
+                         f"{sizes:<42}{sum(x.params for x in rows):>12,}")
         target = f"{self.target_params:,}" + (f" ({self.budget_fraction:.3%})" if self.budget_fraction else "")
         lines += [
             f"backbone params  {self.backbone_params:,}",
@@ -90,7 +90,7 @@ class PatchReport:
         return "\n".join(lines + self.notes)
 
 
-def _head_modules(model: nn.Module) -> list[nn.Module]:
+def head_modules(model: nn.Module) -> list[nn.Module]:
     """Task-head modules: children outside the base model, except pretrained output embeddings."""
     base = getattr(model, "base_model", model)
     if base is model:
@@ -101,7 +101,7 @@ def _head_modules(model: nn.Module) -> list[nn.Module]:
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(backbone params, task-head params); tied weights are counted once."""
-    head = {id(p) for m in _head_modules(model) for p in m.parameters()}
+    head = {id(p) for m in head_modules(model) for p in m.parameters()}
     backbone = sum(p.numel() for p in model.parameters() if id(p) not in head)
     return backbone, sum(p.numel() for p in model.parameters() if id(p) in head)
 
@@ -173,7 +173,7 @@ def apply_design(
 
     model.requires_grad_(False)
     if train_head:
-        for m in _head_modules(model):
+        for m in head_modules(model):
             m.requires_grad_(True)
     groups = design.layer_group()
     report = PatchReport(design, backbone, 0, head, sol.target_params, sol.budget_fraction, notes=list(sol.notes))
