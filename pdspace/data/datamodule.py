@@ -1,0 +1,181 @@
+"""Lightning data module: rows of a task, tokenised once (memory and disk cache), padded per batch.
+
+Batches by mode:
+
+- head (``text_to_text=False``, classification/regression): ``input_ids``, ``attention_mask``,
+  ``token_type_ids`` (if the tokenizer makes them), ``labels`` (B,) long class ids or float scores.
+- text-to-text (GLUE on T5/BART) and seq2seq tasks: ``input_ids``, ``attention_mask``, ``labels``
+  (B, T) target token ids padded with -100, and ``gold``: the gold labels (a (B,) tensor of class
+  ids or float scores) or, for seq2seq tasks, the list of target texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pdspace.data.sources import load_rows
+from pdspace.data.tasks import DataError, TaskSpec, encode_target, format_input, get_task
+
+IGNORE_INDEX = -100
+# tokenised splits of this process, shared by all data modules: a sweep re-tokenises nothing
+_MEMO: dict[tuple, dict[str, list]] = {}
+
+
+class _Columns(Dataset):
+    """Example i of a dict of equally long columns."""
+
+    def __init__(self, columns: dict[str, list]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["input_ids"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: v[i] for k, v in self.columns.items()}
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    out = torch.full((len(seqs), max(map(len, seqs))), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass(frozen=True)
+class _Collate:
+    """Pads a list of examples to the longest in the batch (a plain object, so worker processes can pickle it)."""
+
+    pad_id: int
+    text_to_text: bool
+    regression: bool
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [e["input_ids"] for e in examples]
+        batch: dict[str, Any] = {"input_ids": _pad(ids, self.pad_id),
+                                 "attention_mask": _pad([[1] * len(s) for s in ids], 0)}
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)
+        score = torch.float if self.regression else torch.long
+        if not self.text_to_text:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=score)
+            return batch
+        batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX)
+        gold = [e["gold"] for e in examples]
+        batch["gold"] = gold if isinstance(gold[0], str) else torch.tensor(gold, dtype=score)
+        return batch
+
+
+class PDSpaceDataModule(L.LightningDataModule):
+    """Train/validation loaders of a task for a tokenizer, with a classification/regression head or text-to-text."""
+
+    def __init__(self, task: str | TaskSpec, tokenizer: Any, *, text_to_text: bool = False,
+                 max_length: int | None = None, max_target_length: int | None = None,
+                 max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                 batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
+                 subset_seed: int = 0, glue_dir: str | None = None, files: dict | None = None,
+                 cache_dir: str | None = None, synthetic_size: int | None = None) -> None:
+        super().__init__()
+        self.spec = get_task(task)
+        if tokenizer.pad_token_id is None:
+            raise DataError(f"Tokenizer {tokenizer.name_or_path!r} has no pad token; "
+                            "set tokenizer.pad_token = tokenizer.eos_token first.")
+        self.tokenizer = tokenizer
+        self.text_to_text = text_to_text or self.spec.kind == "seq2seq"
+        self.max_length = max_length or self.spec.max_length
+        self.max_target_length = max_target_length or self.spec.max_target_length
+        self.max_samples = {"train": max_train_samples, "validation": max_eval_samples}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.subset_seed = subset_seed
+        # resolved now, so a later change of $GLUE_DIR cannot hit a cache built from other files
+        self.glue_dir = (glue_dir or os.environ.get("GLUE_DIR")) if self.spec.source == "glue" else None
+        self.files = dict(files) if files else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.synthetic_size = synthetic_size
+        self.cache_info: dict[str, str] = {}
+        self.num_rows: dict[str, int] = {}
+        self._data: dict[str, _Columns] = {}
+
+    @staticmethod
+    def clear_memory_cache() -> None:
+        """Forget the tokenised splits held by this process (the disk cache stays)."""
+        _MEMO.clear()
+
+    def _key(self, split: str) -> tuple:
+        tok = self.tokenizer
+        source: Any = self.glue_dir
+        if self.files and split in self.files:
+            path = Path(self.files[split])
+            # path plus stamp: an edited file must not hit a stale disk cache
+            source = (str(path.resolve()), *((path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else ()))
+        return (type(tok).__name__, tok.name_or_path, len(tok), repr(self.spec), split, self.text_to_text,
+                self.max_length, self.max_target_length, self.max_samples[split], self.subset_seed, source,
+                self.synthetic_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, subset and tokenise the splits this stage needs, from cache where possible."""
+        for split in ("train", "validation") if stage in (None, "fit") else ("validation",):
+            if split in self._data:
+                continue
+            key = self._key(split)
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+            path = self.cache_dir / f"{digest}.pt" if self.cache_dir else None
+            if key in _MEMO:
+                how = "memory"
+            elif path is not None and path.is_file():
+                _MEMO[key], how = torch.load(path), "disk"
+            else:
+                _MEMO[key], how = self._build(split), "built"
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    torch.save(_MEMO[key], tmp)
+                    tmp.replace(path)  # atomic, so concurrent sweep jobs never read half a file
+            self._data[split] = _Columns(_MEMO[key])
+            self.cache_info[split], self.num_rows[split] = how, len(self._data[split])
+
+    def _build(self, split: str) -> dict[str, list]:
+        spec, tok = self.spec, self.tokenizer
+        rows = load_rows(spec, split, glue_dir=self.glue_dir, files=self.files, synthetic_size=self.synthetic_size)
+        n = self.max_samples[split]
+        if n is not None and n < len(rows):
+            # its own RNG: the subset stays the same whatever the training seed
+            rows = [rows[i] for i in sorted(random.Random(self.subset_seed).sample(range(len(rows)), n))]
+        labels = [r[spec.label_field] for r in rows]
+        if not self.text_to_text:
+            texts = [[r[f] for r in rows] for f in spec.text_fields]
+            enc = tok(*texts, truncation=True, max_length=self.max_length, return_attention_mask=False)
+            return {**enc, "labels": labels}
+        enc = tok([format_input(spec, r) for r in rows], truncation=True, max_length=self.max_length,
+                  return_attention_mask=False, return_token_type_ids=False)
+        targets = tok(text_target=[encode_target(spec, y) for y in labels], truncation=True,
+                      max_length=self.max_target_length, return_attention_mask=False, return_token_type_ids=False)
+        return {"input_ids": enc["input_ids"], "labels": targets["input_ids"], "gold": labels}
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self._data:
+            self.setup("fit" if split == "train" else "validate")
+        collate = _Collate(self.tokenizer.pad_token_id, self.text_to_text, self.spec.kind == "regression")
+        # seeded from torch's seed, so `seed_everything(s)` fixes the order and each seed gets its own
+        generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
+        return DataLoader(self._data[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
