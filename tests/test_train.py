@@ -1,0 +1,198 @@
+"""pdspace-train end to end: config tree, every task type on tiny models, multirun, failures, W&B, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from pdspace import backbones, train
+from pdspace.design.space import Design
+
+CONF = train.CONF_DIR
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "glue"))
+needs_glue = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").exists(),
+                                reason=f"GLUE TSVs not found under {GLUE_DIR}; set GLUE_DIR")
+# a few steps on a tiny model: the mechanics, not the accuracy
+FAST = ["trainer.max_epochs=1", "task.max_train_samples=64", "task.max_eval_samples=32", "data.batch_size=16",
+        "optimizer.lr=1e-2"]
+
+
+def config_options() -> list[tuple[str, str]]:
+    """(group, option) for every file in every config group."""
+    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() and d.name != "hydra"
+            for f in sorted(d.glob("*.yaml"))]
+
+
+def compose_train(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture
+def launch(tmp_path, monkeypatch):
+    """Run `pdspace-train` in this process (as a sequential multirun does); returns the result.json dicts."""
+
+    def _launch(*overrides: str, multirun: bool = False, logger: str = "none") -> list[dict]:
+        argv = ["pdspace-train", *(["-m"] if multirun else []), f"hydra.run.dir={tmp_path}/run",
+                f"hydra.sweep.dir={tmp_path}/sweep", f"logger={logger}", "callbacks=none",
+                f"data.cache_dir={tmp_path}/cache", *overrides]
+        monkeypatch.setattr(sys, "argv", argv)
+        GlobalHydra.instance().clear()
+        try:
+            train.main()
+        finally:
+            GlobalHydra.instance().clear()
+        root = tmp_path / ("sweep" if multirun else "run")
+        files = sorted(root.glob("*/result.json"), key=lambda p: int(p.parent.name)) if multirun \
+            else [root / "result.json"]
+        return [json.loads(p.read_text()) for p in files]
+
+    return _launch
+
+
+@pytest.mark.parametrize(("group", "option"), config_options())
+def test_every_config_file_composes(group, option):
+    cfg = compose_train(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert group == "experiment" or cfg[group] is not None
+
+
+@pytest.mark.parametrize("num_layers", [6, 24])
+@pytest.mark.parametrize(("group", "option"), [o for o in config_options()
+                                               if o[0] in ("grouping", "allocation", "tunable", "strategy")])
+def test_every_dimension_option_gives_a_legal_design(group, option, num_layers):
+    cfg = compose_train(f"{group}={option}", "seed=3")
+    design = train.build_design(cfg, num_layers)
+    assert design.num_layers == num_layers and design == train.build_design(cfg, num_layers)
+    assert Design.parse(str(design)) == design
+
+
+def _complete(r: dict) -> None:
+    assert r["status"] == "completed", r.get("error")
+    for key in ("design_id", "design", "seed", "task", "backbone", "params", "metrics", "objective", "timings",
+                "versions", "config"):
+        assert r[key] is not None, key
+    assert Design.from_dict(r["design"]) == Design.parse(r["design_id"])
+    assert {"backbone_params", "trainable_params", "fraction", "head_params"} <= set(r["params"])
+    assert r["metrics"]["per_epoch"] and r["metrics"]["best"][r["objective"]["name"]] == r["objective"]["value"]
+    assert {"model_s", "data_s", "train_s", "eval_s", "total_s"} <= set(r["timings"])
+
+
+def test_classification_run_writes_result_and_trainable_checkpoint(launch):
+    (r,) = launch("backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=2", "optimizer.lr=1e-2")
+    _complete(r)
+    assert len(r["metrics"]["per_epoch"]) == 2
+    # a random frozen 6-layer backbone with 0.5 % trainable parameters still learns the synthetic rule
+    assert r["objective"]["value"] >= 0.8, r["metrics"]
+    assert abs(r["params"]["fraction"] - 0.005) < 0.0005
+    ckpt = torch.load(r["checkpoint"])
+    assert sum(t.numel() for t in ckpt["state_dict"].values()) == (r["params"]["trainable_params"]
+                                                                     + r["params"]["head_params"])
+
+
+@needs_glue
+def test_regression_on_real_stsb(launch):
+    (r,) = launch("backbone=tiny-roberta", "task=stsb", f"task.glue_dir={GLUE_DIR}", *FAST)
+    _complete(r)
+    assert r["objective"]["name"] == "score" and {"pearson", "spearman"} <= set(r["metrics"]["best"])
+
+
+@needs_glue
+def test_text_to_text_t5_on_real_sst2(launch):
+    (r,) = launch("backbone=tiny-t5", "task=sst2", f"task.glue_dir={GLUE_DIR}", *FAST, "task.max_target_length=4")
+    _complete(r)
+    assert r["config"]["backbone"]["name"] == "tiny-t5" and 0.0 <= r["objective"]["value"] <= 1.0
+    assert r["params"]["head_params"] == 0  # T5 reads GLUE as text: no new head
+
+
+def test_seq2seq_synthetic_on_bart(launch):
+    (r,) = launch("backbone=tiny-bart", "task=synthetic_seq2seq", *FAST)
+    _complete(r)
+    assert r["objective"]["name"] == "exact_match"
+
+
+def test_fast_dev_run_decoder_only(launch):
+    (r,) = launch("backbone=tiny-llama", "task=synthetic_cls", "trainer.fast_dev_run=true", "grouping=uniform",
+                  "strategy=any")
+    _complete(r)
+    assert r["metrics"]["per_epoch"][0]["step"] == 1
+
+
+def test_dry_run_prints_budget_table_without_training(launch, capsys):
+    (r,) = launch("backbone=tiny-t5", "dry_run=true", "grouping.choice=[1,2,2,1]")
+    assert r["status"] == "dry_run" and "metrics" not in r
+    out = capsys.readouterr().out
+    assert "g1-2-2-1.alloc-uniform.tune-1111.A+L|A+P|A+P+B|P+B+L" in out and "trainable" in out
+
+
+def test_multirun_over_grouping_loads_backbone_once(launch):
+    backbones.clear_cache()
+    results = launch("backbone=tiny-bert", "task=synthetic_cls", *FAST,
+                     "grouping=spindle,uniform,increasing,decreasing", multirun=True)
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
+    assert backbones.LOADS["tiny-bert"] == 1
+    assert [r["backbone_cached"] for r in results] == [False, True, True, True]
+    assert [r["config"]["grouping"]["choice"] for r in results] == ["spindle", "uniform", "increasing", "decreasing"]
+
+
+def test_failing_job_leaves_failed_status_and_others_complete(launch):
+    results = launch("backbone=tiny-bert", "task=synthetic_cls", *FAST,
+                     "grouping.choice=[4,8,8,4],[1,2,2,1]", multirun=True)
+    assert [r["status"] for r in results] == ["failed", "completed"]
+    assert "do not fit the backbone" in results[0]["error"] and "Traceback" in results[0]["traceback"]
+
+
+def test_wandb_offline_runs_are_finished_even_on_failure(launch, monkeypatch, tmp_path):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    results = launch("backbone=tiny-bert", "task=synthetic_cls", *FAST, "trainer.max_epochs=1",
+                     "budget_fraction=0.005,0.00001", multirun=True, logger="wandb")
+    assert [r["status"] for r in results] == ["completed", "failed"]
+    assert wandb.run is None
+    runs = sorted((tmp_path / "sweep").glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2 and all(list(run.glob("*.wandb")) for run in runs)
+    # the failed job's run was started before the failure and finished with exit code 1
+    exits = [(run / "logs" / "debug.log").read_text() for run in runs]
+    assert "got exitcode: 0" in exits[0] and "got exitcode: 1" in exits[1]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "pdspace.train", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["backbone=nope"], {}, "Could not find 'backbone/nope'"),
+    (["backbone=tiny-bert", "grouping.choice=[4,8,8,4]", "dry_run=true"], {},
+     "do not fit the backbone: give 4 positive sizes summing to its 6 layers"),
+    (["seed=["], {}, "malformed override 'seed=['"),
+    (["backbone=tiny-bert", "task=cola"], {"GLUE_DIR": None, "HF_DATASETS_OFFLINE": "1"}, "GLUE_DIR"),
+    (["backbone=tiny-bert", "task=rte", f"task.glue_dir={GLUE_DIR}"], {}, "RTE"),
+])
+def test_bad_input_ends_with_one_clear_error_line(tmp_path, args, env, message):
+    proc = _cli(*args, f"hydra.run.dir={tmp_path}", "logger=none", env=env)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@needs_glue
+def test_minilm_sst2_2k_one_epoch_is_well_above_chance(launch):
+    """The README's main job: pretrained MiniLM, S4 design at 0.5 %, 2,000 SST-2 examples, one epoch, CPU."""
+    (r,) = launch("experiment=quick_sst2", f"task.glue_dir={GLUE_DIR}")
+    _complete(r)
+    assert r["backbone"] == "minilm" and r["data"]["rows"] == {"train": 2000, "validation": 872}
+    # seen on 2 CPU cores: 0.782 (seed 0); chance is 0.509 (444 / 872 positive)
+    assert r["objective"]["value"] >= 0.70, r["metrics"]
