@@ -150,3 +150,19 @@ def clear_cache() -> None:
     _MODELS.clear()
     _TOKENIZERS.clear()
     LOADS.clear()
+
+
+def count_layers(path: str | None = None, arch: str | None = None, overrides: dict[str, Any] | None = None) -> int:
+    """Number of transformer layers (encoder + decoder) of a backbone, from its config alone (meta device)."""
+    from pdspace.peft.families import layer_map
+
+    if arch is not None:
+        config = build_config(arch, **(overrides or {}))
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(_resolve(path), **(overrides or {}))
+        except (OSError, ValueError) as e:
+            raise _load_error(path, e) from e
+    with torch.device("meta"):
+        model = transformers.AutoModel.from_config(config)
+    return len(layer_map(model))

@@ -204,6 +204,7 @@ def run(cfg: DictConfig) -> float:
         "backbone": cfg.backbone.name, "budget_fraction": cfg.budget_fraction, "output_dir": str(out),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "labels": _plain(cfg.get("labels")) or {},
     }
     loggers: list[Any] = []
     failed = False
@@ -324,7 +325,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        rows = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{RESULT_FILE}"))]
+        paths = sorted(sweep.glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name))
+        rows = [json.loads(p.read_text()) for p in paths]
         done = sum(r.get("status") == "completed" for r in rows)
         lines = [f"sweep {sweep}: {done}/{len(rows)} jobs completed"]
         for r in rows:

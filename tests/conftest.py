@@ -1,4 +1,6 @@
+import json
 import os
+import sys
 import warnings
 
 import pytest
@@ -52,3 +54,29 @@ def output_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
 @pytest.fixture(params=sorted(FAMILY_MODELS))
 def family(request):
     return request.param
+
+
+@pytest.fixture
+def launch(tmp_path, monkeypatch):
+    """Run `pdspace-train` in this process (as a sequential multirun does); returns the result.json dicts."""
+
+    def _launch(*overrides: str, multirun: bool = False, logger: str = "none") -> list[dict]:
+        argv = ["pdspace-train", *(["-m"] if multirun else []), f"hydra.run.dir={tmp_path}/run",
+                f"hydra.sweep.dir={tmp_path}/sweep", f"logger={logger}", "callbacks=none",
+                f"data.cache_dir={tmp_path}/cache", *overrides]
+        monkeypatch.setattr(sys, "argv", argv)
+        from hydra.core.global_hydra import GlobalHydra
+
+        from pdspace import train
+
+        GlobalHydra.instance().clear()
+        try:
+            train.main()
+        finally:
+            GlobalHydra.instance().clear()
+        root = tmp_path / ("sweep" if multirun else "run")
+        files = sorted(root.glob("*/result.json"), key=lambda p: int(p.parent.name)) if multirun \
+            else [root / "result.json"]
+        return [json.loads(p.read_text()) for p in files]
+
+    return _launch

@@ -38,28 +38,6 @@ def compose_train(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.fixture
-def launch(tmp_path, monkeypatch):
-    """Run `pdspace-train` in this process (as a sequential multirun does); returns the result.json dicts."""
-
-    def _launch(*overrides: str, multirun: bool = False, logger: str = "none") -> list[dict]:
-        argv = ["pdspace-train", *(["-m"] if multirun else []), f"hydra.run.dir={tmp_path}/run",
-                f"hydra.sweep.dir={tmp_path}/sweep", f"logger={logger}", "callbacks=none",
-                f"data.cache_dir={tmp_path}/cache", *overrides]
-        monkeypatch.setattr(sys, "argv", argv)
-        GlobalHydra.instance().clear()
-        try:
-            train.main()
-        finally:
-            GlobalHydra.instance().clear()
-        root = tmp_path / ("sweep" if multirun else "run")
-        files = sorted(root.glob("*/result.json"), key=lambda p: int(p.parent.name)) if multirun \
-            else [root / "result.json"]
-        return [json.loads(p.read_text()) for p in files]
-
-    return _launch
-
-
 @pytest.mark.parametrize(("group", "option"), config_options())
 def test_every_config_file_composes(group, option):
     cfg = compose_train(f"{group}={option}")

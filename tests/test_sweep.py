@@ -1,0 +1,112 @@
+"""The sampling sweeper: plans (count, de-duplication, seeds, controlled expansion, legality), resume, failures."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from pdspace.design.space import Design, grouping_matches
+from pdspace.sweep import PLAN_FILE, PlanError, dimension_options, load_or_write_plan, make_plan, space_of
+from pdspace.train import CONF_DIR
+
+FAST = ["backbone=tiny-bert", "trainer.max_epochs=1", "task.max_train_samples=32", "task.max_eval_samples=16",
+        "data.batch_size=16"]
+
+
+def space(name: str, **changes) -> dict:
+    block = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "space" / f"{name}.yaml").space)
+    return {**block, **changes}
+
+
+def test_plan_counts_distinct_legal_reproducible():
+    block = space("S0", num_samples=50, tasks=["sst2", "cola"], seeds=[0, 1])
+    jobs = make_plan(block, 24)
+    assert len(jobs) == 50 * 2 * 2 and [j.idx for j in jobs] == list(range(200))
+    designs = {j.design for j in jobs}
+    assert len(designs) == 50
+    assert all(space_of(block, 24).contains(d) for d in designs)
+    assert [j.to_dict() for j in make_plan(block, 24)] == [j.to_dict() for j in jobs]
+    assert {j.design for j in make_plan({**block, "seed": 1}, 24)} != designs
+
+
+def test_plan_takes_the_whole_space_when_it_is_small():
+    block = space("S4", num_samples=1000)
+    designs = [j.design for j in make_plan(block, 24)]
+    assert len(designs) == len(set(designs)) == space_of(block, 24).size  # every spindle grouping once
+
+
+def test_controlled_plan_expands_every_option_on_equal_footing():
+    block = space("S0", num_samples=4, controlled="grouping")
+    jobs = make_plan(block, 24)
+    options = dimension_options("grouping", 24)
+    assert options == ["increasing", "uniform", "decreasing", "spindle", "bottleneck"]
+    assert len(jobs) == 4 * len(options)
+    for base in range(4):
+        group = jobs[base * 5:(base + 1) * 5]
+        assert [j.labels["grouping"] for j in group] == options
+        assert all(grouping_matches(j.labels["grouping"], j.design.groups) for j in group)
+        # only the studied dimension differs inside one expansion
+        assert len({(j.design.allocation, j.design.tunable, j.design.strategies) for j in group}) == 1
+
+
+def test_controlled_strategy_group_is_tuned_with_each_set():
+    jobs = make_plan(space("S0", num_samples=2, controlled="strategy_g2"), 12)
+    assert len(jobs) == 2 * 15
+    assert all(j.design.tunable[1] and j.design.strategies[1] == j.labels["strategy_g2"] for j in jobs)
+
+
+def test_job_overrides_rebuild_the_design(launch):
+    job = make_plan(space("S0", num_samples=3, seed=5), 6)[2]
+    overrides = [o for o in job.overrides() if not o.startswith(("hydra.", "+labels"))]
+    (r,) = launch(*FAST, "dry_run=true", *overrides)
+    assert Design.parse(r["design_id"]) == job.design
+
+
+def test_plan_file_mismatch_is_refused(tmp_path):
+    block = space("S0", num_samples=3)
+    load_or_write_plan(tmp_path, block, 6, make_plan(block, 6))
+    load_or_write_plan(tmp_path, block, 6, make_plan(block, 6))  # same plan: a resume
+    other = {**block, "seed": 9}
+    with pytest.raises(PlanError, match="holds a different plan"):
+        load_or_write_plan(tmp_path, other, 6, make_plan(other, 6))
+
+
+def test_unknown_dimension_and_empty_tasks_are_clear_errors():
+    with pytest.raises(PlanError, match="unknown dimension 'colour'"):
+        dimension_options("colour", 24)
+    with pytest.raises(PlanError, match="lists no tasks"):
+        make_plan(space("S0", tasks=[]), 24)
+
+
+def test_sweep_writes_plan_runs_jobs_and_resumes_without_retraining(launch, tmp_path):
+    args = ["space=S0", "space.num_samples=3", "space.tasks=[synthetic_cls]", *FAST]
+    results = launch(*args, multirun=True)
+    plan = OmegaConf.load(tmp_path / "sweep" / PLAN_FILE)
+    assert len(plan.jobs) == 3 and [r["status"] for r in results] == ["completed"] * 3
+    assert [r["design_id"] for r in results] == [j.design_id for j in plan.jobs]
+    assert all(r["labels"]["space"] == "S0" for r in results)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/result.json")}
+    again = launch(*args, multirun=True)
+    assert again == results
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing re-ran
+
+
+def test_failed_jobs_are_tolerated_up_to_the_rate_and_kept(launch, tmp_path, capsys):
+    # 0.05 % of tiny-bert is ~1,090 params: designs with BitFit in many layers cannot fit (injected failures)
+    args = ["space=S0", "space.num_samples=6", "space.tasks=[synthetic_cls]", "budget_fraction=0.0005", *FAST]
+    results = launch(*args, "space.max_failure_rate=1.0", multirun=True)
+    statuses = [r["status"] for r in results]
+    assert "failed" in statuses and "completed" in statuses, statuses
+    failed = [r for r in results if r["status"] == "failed"]
+    assert all("BudgetError" in r["error"] for r in failed)
+    with pytest.raises(SystemExit):
+        launch(*args, "space.max_failure_rate=0.0", multirun=True)
+    assert f"{statuses.count('failed')} of 6 jobs did not complete" in capsys.readouterr().err
+    # the refused sweep still left every job's result on disk
+    assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 6
+
+
+def test_sweep_syntax_in_arguments_is_refused(launch, capsys):
+    with pytest.raises(SystemExit):
+        launch("space=S0", "space.tasks=[synthetic_cls]", "seed=0,1", *FAST, multirun=True)
+    assert "samples its own jobs" in capsys.readouterr().err
