@@ -52,7 +52,7 @@ class Job:
         out = [f"task={self.task}", f"seed={self.seed}", f"grouping.choice=[{','.join(map(str, d.groups))}]",
                f"allocation.choice={d.allocation}", f"tunable.choice='{mask}'", f"strategy.choice=[{strategies}]",
                f"hydra.sweep.subdir={self.idx}"]
-        return out + [f"+labels.{k}={v}" for k, v in self.labels.items()]
+        return out + [f"+labels.{k}='{v}'" for k, v in self.labels.items()]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for samples.yaml."""

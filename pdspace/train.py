@@ -70,20 +70,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _finite(x: Any) -> Any:
+def finite(x: Any) -> Any:
+    """`x` with non-finite floats as None (JSON has no NaN)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_finite(v) for v in x]
+        return [finite(v) for v in x]
     return x
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write `result.json` atomically (a sweep reader never sees half a file)."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(result), indent=2, default=str))
+    tmp.write_text(json.dumps(finite(result), indent=2, default=str))
     tmp.replace(path)
 
 
@@ -97,7 +98,8 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.get("output_dir") or ".")
 
 
-def _wandb_mode(explicit: str | None) -> str:
+def wandb_mode(explicit: str | None) -> str:
+    """The W&B mode to use: the explicit one, $WANDB_MODE, online with an API key, else offline."""
     if explicit:
         return explicit
     if os.environ.get("WANDB_MODE"):
@@ -122,7 +124,7 @@ def make_loggers(cfg: DictConfig, out: Path, run_name: str) -> list[Any]:
         if conf.get("save_dir") is None:
             conf["save_dir"] = str(out)
         if target.endswith("WandbLogger"):
-            conf["mode"] = _wandb_mode(conf.get("mode"))
+            conf["mode"] = wandb_mode(conf.get("mode"))
             if conf.get("group") is None and _in_multirun():
                 conf["group"] = Path(HydraConfig.get().sweep.dir).name
             conf["name"] = conf.get("name") or run_name

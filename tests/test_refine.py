@@ -1,0 +1,251 @@
+"""Refinement: hand-made sweeps with known winners, narrowed spaces, reports, CLI and the Hydra callback."""
+
+import json
+import logging
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from pdspace.design.space import Design
+from pdspace.refine import (
+    RefineCallback,
+    analyse,
+    format_table,
+    load_results,
+    main,
+    narrowed_space,
+    option_of,
+    refine,
+    report,
+    write_space,
+)
+
+S4 = ["AL", "AP", "APB", "PBL"]
+SPACE = {"name": "S0", "grouping": "any", "allocation": "any", "tunable": "any", "strategy": "any",
+         "num_samples": 100, "seed": 0, "controlled": "allocation", "tasks": ["sst2"], "seeds": [0],
+         "max_failure_rate": 0.25}
+
+
+class Sweep:
+    """A sweep dir filled one result.json at a time."""
+
+    def __init__(self, path):
+        self.path, self.n = path, 0
+        path.mkdir(parents=True, exist_ok=True)
+
+    def add(self, value=0.5, *, task="sst2", status="completed", alloc="uniform", groups=(1, 2, 2, 1),
+            strategies=S4, tunable=None, labels=None):
+        design = Design(groups, alloc, tunable, strategies)
+        result = {"status": status, "error": None if status == "completed" else "boom", "task": task, "seed": 0,
+                  "design_id": str(design), "design": design.to_dict(), "output_dir": str(self.path / str(self.n))}
+        if labels is not None:
+            result["labels"] = labels
+        if status == "completed":
+            result["objective"] = {"name": "accuracy", "value": value}
+        (self.path / str(self.n)).mkdir()
+        (self.path / str(self.n) / "result.json").write_text(json.dumps(result))
+        self.n += 1
+        return self
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    return Sweep(tmp_path / "sweep")
+
+
+def test_winner_is_the_mean_over_tasks(sweep):
+    # uniform is best on sst2 and by the pooled mean (0.82); increasing has the higher mean over tasks (0.75 > 0.70)
+    for _ in range(4):
+        sweep.add(0.9, alloc="uniform")
+    sweep.add(0.5, alloc="uniform", task="rte")
+    sweep.add(0.8, alloc="increasing")
+    sweep.add(0.7, alloc="increasing", task="rte")
+    a = analyse(load_results(sweep.path), "allocation")
+    assert a.winner == "increasing"
+    assert a.tasks == ["rte", "sst2"] and a.metrics == ["accuracy"] and a.n_completed == 7
+    assert a.option("uniform").mean == pytest.approx(0.7)
+    assert a.option("uniform").per_task == pytest.approx({"rte": 0.5, "sst2": 0.9})
+    assert [o.option for o in a.options] == ["increasing", "uniform"]
+    assert "averaged over tasks" in a.rule
+
+
+def test_ties_go_to_median_then_count_then_name(tmp_path):
+    s = Sweep(tmp_path / "median")
+    for v in (0.25, 0.625, 0.625):
+        s.add(v, alloc="uniform")
+    for v in (0.375, 0.5, 0.625):
+        s.add(v, alloc="decreasing")
+    assert analyse(load_results(s.path), "allocation").winner == "uniform"
+    s = Sweep(tmp_path / "count").add(0.5, alloc="decreasing").add(0.5, alloc="uniform").add(0.5, alloc="uniform")
+    assert analyse(load_results(s.path), "allocation").winner == "uniform"
+    s = Sweep(tmp_path / "name").add(0.5, alloc="uniform").add(0.5, alloc="decreasing")
+    assert analyse(load_results(s.path), "allocation").winner == "decreasing"
+
+
+def test_failed_and_nan_results_are_counted_not_used(sweep):
+    sweep.add(0.6, alloc="uniform").add(status="failed", alloc="uniform")
+    sweep.add(float("nan"), alloc="decreasing").add(None, alloc="decreasing").add(status="failed", alloc="decreasing")
+    sweep.add(0.99, status="dry_run", alloc="increasing")
+    a = analyse(load_results(sweep.path), "allocation")
+    assert a.winner == "uniform"
+    assert (a.n_results, a.n_completed, a.n_failed) == (6, 1, 5)
+    assert (a.option("uniform").n, a.option("uniform").failed) == (1, 1)
+    dec = a.option("decreasing")
+    assert (dec.n, dec.failed) == (0, 3) and math.isnan(dec.mean)
+    assert "only one option (uniform)" in a.note
+    assert a.to_dict()["options"][-1]["mean"] is None  # NaN is written as null
+    assert "decreasing" in format_table(a)
+
+
+def test_no_completed_results_and_unknown_dimension(sweep):
+    sweep.add(status="failed")
+    with pytest.raises(ValueError, match="no completed results"):
+        analyse(load_results(sweep.path), "grouping")
+    with pytest.raises(ValueError, match="grouping, allocation, tunable or strategy_g1"):
+        option_of({}, "width")
+
+
+def test_single_option_wins(sweep):
+    sweep.add(0.4).add(0.5, task="rte")
+    a = analyse(load_results(sweep.path), "tunable")
+    assert a.winner == "1111" and len(a.options) == 1 and "only one option" in a.note
+
+
+def test_unreadable_result_is_skipped(sweep):
+    sweep.add(0.4)
+    (sweep.path / "9").mkdir()
+    (sweep.path / "9" / "result.json").write_text("{half")
+    with pytest.warns(UserWarning, match="skipping unreadable"):
+        results = load_results(sweep.path)
+    assert len(results) == 1 and results[0]["_path"].endswith("0/result.json")
+
+
+def test_grouping_from_labels_or_design():
+    spindle = Design([1, 2, 2, 1], "uniform", None, S4).to_dict()
+    assert option_of({"design": spindle, "labels": {"grouping": "spindle"}}, "grouping") == "spindle"
+    assert option_of({"design": spindle, "labels": {}}, "grouping") == "uniform"  # 1-2-2-1 is also uniform
+    derived = {(1, 3, 3, 1): "spindle", (1, 1, 2, 4): "increasing", (4, 2, 1, 1): "decreasing",
+               (3, 1, 1, 3): "bottleneck", (1, 3, 1, 3): "other"}
+    for groups, option in derived.items():
+        assert option_of({"design": Design(groups, "uniform", None, S4).to_dict()}, "grouping") == option
+    assert option_of({"labels": {"grouping": [1, 2, 2, 1]}}, "grouping") == "1-2-2-1"
+    partial = {"design": Design([1, 2, 2, 1], "decreasing", "1011", ["AL", "", "B", "PL"]).to_dict()}
+    assert [option_of(partial, d) for d in ("allocation", "tunable", "strategy_g1", "strategy_g2")] == \
+        ["decreasing", "1011", "A+L", "-"]
+    assert option_of({"labels": {"strategy_g2": "LA"}}, "strategy_g2") == "A+L"
+
+
+def test_grouping_labels_decide_the_winner(sweep):
+    sweep.add(0.7, groups=(1, 2, 2, 1), labels={"grouping": "spindle"})
+    sweep.add(0.6, groups=(2, 1, 1, 2), labels={"grouping": "uniform"})
+    a = analyse(load_results(sweep.path), "grouping")
+    assert a.winner == "spindle"
+    assert narrowed_space(SPACE, "grouping", a.winner)["grouping"] == "spindle"
+    assert narrowed_space(SPACE, "grouping", "1-2-2-1")["grouping"] == [1, 2, 2, 1]
+
+
+def test_narrowing_strategy_gives_a_per_group_list():
+    out = narrowed_space(SPACE, "strategy_g2", "A+L")
+    assert out["strategy"] == ["any", "AL", "any", "any"] and out["controlled"] is None
+    assert SPACE["strategy"] == "any" and SPACE["controlled"] == "allocation"  # the source is left alone
+    assert narrowed_space({**SPACE, "tunable": "101"}, "strategy_g3", "P")["strategy"] == ["any", "any", "P"]
+    assert narrowed_space({**SPACE, "strategy": S4}, "strategy_g1", "B+L")["strategy"] == ["BL", *S4[1:]]
+    assert narrowed_space(SPACE, "tunable", "0111")["tunable"] == "0111"
+    assert narrowed_space(SPACE, "allocation", "decreasing")["allocation"] == "decreasing"
+    with pytest.raises(ValueError, match="cannot pin"):
+        narrowed_space(SPACE, "strategy_g2", "-")
+    with pytest.raises(ValueError):
+        narrowed_space(SPACE, "allocation", "sideways")
+
+
+def test_space_file_round_trips_with_provenance(sweep, tmp_path):
+    sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing").add(status="failed", alloc="uniform")
+    source = write_space(SPACE, tmp_path / "conf" / "space" / "S0.yaml", provenance={"S0": "test space"})
+    a = refine(sweep.path, "allocation", space_file=source)
+    path = sweep.path / "conf" / "space" / "S0_allocation.yaml"
+    assert a.files["space"] == str(path)
+    text = path.read_text()
+    assert text.startswith("# @package _global_\n")
+    for line in (f"# source sweep: {sweep.path.resolve()}", "# dimension: allocation", "# metric: accuracy",
+                 "# winner: decreasing", "# results: 3 (2 completed, 1 failed)", "# rule: mean: highest mean",
+                 "# date: "):
+        assert line in text
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    assert loaded["space"] == {**SPACE, "name": "S0_allocation", "allocation": "decreasing", "controlled": None}
+    assert loaded["defaults"] == [{"override /hydra/sweeper": "pdspace"}]
+    b = refine(sweep.path, "allocation", space=SPACE, config_dir=tmp_path / "cfg", name="S1b")
+    assert OmegaConf.load(tmp_path / "cfg" / "space" / "S1b.yaml").space.name == "S1b" and b.winner == a.winner
+
+
+def test_report_files(sweep):
+    sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing").add(0.65, alloc="decreasing", task="rte")
+    a = analyse(load_results(sweep.path), "allocation")
+    paths = report(a, sweep.path)
+    assert {p.name for p in paths.values()} == {"refine_report.md", "refine_report.json", "edf_allocation.png",
+                                                "box_allocation.png"}
+    assert all(p.stat().st_size > 0 for p in paths.values())
+    md = paths["md"].read_text()
+    assert "| option | n | failed | mean |" in md and "**Winner: decreasing**" in md and "(edf_allocation.png)" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["winner"] == "decreasing" and data["options"][0]["edf"]["y"] == [0.5, 1.0]
+
+
+def test_bootstrap_best_of(sweep):
+    for task in ("sst2", "rte"):
+        for i, alloc in enumerate(("uniform", "decreasing", "increasing", "uniform", "decreasing")):
+            sweep.add(0.5 + 0.1 * i if task == "sst2" else 0.9 - 0.1 * i, task=task, alloc=alloc)
+    results = load_results(sweep.path)
+    a = analyse(results, "allocation", bootstrap=500, seed=3)
+    shares = {o.option: o.best_of for o in a.options}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares == {o.option: o.best_of for o in analyse(results, "allocation", bootstrap=500, seed=3).options}
+    assert shares != {o.option: o.best_of for o in analyse(results, "allocation", bootstrap=500, seed=4).options}
+    # one task: the option holding the top value wins most resamples
+    one = analyse([r for r in results if r["task"] == "sst2"], "allocation", bootstrap=500)
+    assert sum(o.best_of for o in one.options) == pytest.approx(1.0)
+    assert max(one.options, key=lambda o: o.best_of).option == "decreasing"
+
+
+def test_cli(sweep, tmp_path, capsys):
+    sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing")
+    assert main([str(sweep.path), "--dimension", "allocation"]) == 0
+    out = capsys.readouterr().out
+    assert "winner: decreasing" in out and "refine_report.md" in out
+    for argv in ([str(tmp_path / "nowhere"), "--dimension", "grouping"], [str(sweep.path), "--dimension", "width"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pdspace-refine: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_wandb_failure_only_warns(sweep, monkeypatch):
+    import wandb
+
+    def broken(**kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    sweep.add(0.6)
+    with pytest.warns(UserWarning, match="no W&B today"):
+        assert refine(sweep.path, "allocation", wandb=True).winner == "uniform"
+
+
+def _config(sweep_dir, controlled=None):
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "space": {**SPACE, "controlled": controlled}})
+
+
+def test_callback(sweep, tmp_path, caplog):
+    sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing")
+    RefineCallback().on_multirun_end(_config(sweep.path))
+    assert not (sweep.path / "refine_report.md").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level(logging.ERROR, logger="pdspace"):
+        RefineCallback(dimension="grouping").on_multirun_end(_config(empty))
+        RefineCallback().on_multirun_end(_config(tmp_path / "missing", controlled="grouping"))
+    assert len([r for r in caplog.records if "refine failed" in r.getMessage()]) == 2
+    RefineCallback(config_dir=str(tmp_path / "cfg")).on_multirun_end(_config(sweep.path, controlled="allocation"))
+    space = OmegaConf.load(tmp_path / "cfg" / "space" / "S0_allocation.yaml").space
+    assert space.allocation == "decreasing" and space.controlled is None
