@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pdspace.design.space import Design, grouping_matches
+from pdspace.refine import refine
 from pdspace.sweep import PLAN_FILE, PlanError, dimension_options, load_or_write_plan, make_plan, space_of
 from pdspace.train import CONF_DIR
 
@@ -99,6 +100,10 @@ def test_failed_jobs_are_tolerated_up_to_the_rate_and_kept(launch, tmp_path, cap
     assert "failed" in statuses and "completed" in statuses, statuses
     failed = [r for r in results if r["status"] == "failed"]
     assert all("BudgetError" in r["error"] for r in failed)
+    # the refinement report counts them as failed and still compares the completed ones
+    analysis = refine(tmp_path / "sweep", "allocation")
+    assert (analysis.n_failed, analysis.n_completed) == (len(failed), 6 - len(failed))
+    assert sum(o.failed for o in analysis.options) == len(failed)
     with pytest.raises(SystemExit):
         launch(*args, "space.max_failure_rate=0.0", multirun=True)
     assert f"{statuses.count('failed')} of 6 jobs did not complete" in capsys.readouterr().err
