@@ -166,3 +166,13 @@ def count_layers(path: str | None = None, arch: str | None = None, overrides: di
     with torch.device("meta"):
         model = transformers.AutoModel.from_config(config)
     return len(layer_map(model))
+
+
+def backbone_layers(backbone: Any) -> int:
+    """`count_layers` of a `backbone:` config block (path / arch / overrides)."""
+    overrides = backbone.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        from omegaconf import OmegaConf
+
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    return count_layers(backbone.get("path"), backbone.get("arch"), overrides)

@@ -141,15 +141,14 @@ def _num_layers(overrides: list[str]) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from pdspace.backbones import count_layers
+    from pdspace.backbones import backbone_layers
     from pdspace.train import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
     GlobalHydra.instance().clear()
-    bb = cfg.backbone
-    return count_layers(bb.path, bb.arch, OmegaConf.to_container(bb.get("overrides") or {}, resolve=True))
+    return backbone_layers(cfg.backbone)
 
 
 def _write_final(space: Any, conf: Path, name: str) -> dict[str, Any]:

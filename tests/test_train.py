@@ -174,3 +174,8 @@ def test_minilm_sst2_2k_one_epoch_is_well_above_chance(launch):
     assert r["backbone"] == "minilm" and r["data"]["rows"] == {"train": 2000, "validation": 872}
     # seen on 2 CPU cores: 0.782 (seed 0); chance is 0.509 (444 / 872 positive)
     assert r["objective"]["value"] >= 0.70, r["metrics"]
+
+
+@pytest.mark.parametrize("option", [o for g, o in config_options() if g == "backbone" and o.startswith(("tiny", "minilm"))])
+def test_offline_backbones_have_six_layers_from_config_alone(option):
+    assert backbones.backbone_layers(compose_train(f"backbone={option}").backbone) == 6

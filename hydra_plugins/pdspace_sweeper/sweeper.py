@@ -41,7 +41,7 @@ class PDSpaceSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from pdspace.backbones import count_layers
+        from pdspace.backbones import backbone_layers
         from pdspace.sweep import job_status, load_or_write_plan, make_plan
 
         config = self.config
@@ -53,9 +53,7 @@ class PDSpaceSweeper(Sweeper):
         if swept:
             raise ValueError(f"the pdspace sweeper samples its own jobs; instead of {swept} set space.tasks=[..], "
                              "space.seeds=[..] or space.num_samples")
-        bb = config.backbone
-        overrides = OmegaConf.to_container(bb.get("overrides") or {}, resolve=True)
-        num_layers = count_layers(bb.path, bb.arch, overrides)
+        num_layers = backbone_layers(config.backbone)
         jobs = make_plan(block, num_layers, int(config.get("num_groups", 4)))
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
