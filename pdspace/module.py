@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,13 +86,31 @@ class PEFTModule(L.LightningModule):
         values["epoch"] = self.current_epoch
         values["step"] = self.global_step
         self.history.append(values)
-        self.log_dict({f"val/{k}": v for k, v in values.items() if k not in ("epoch", "step")})
+        # the values come from synced torchmetrics already; sync_dist only keeps Lightning quiet under DDP
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k not in ("epoch", "step")}, sync_dist=True)
         if self.best is None or values[self.objective] > self.best[self.objective]:
             self.best = dict(values)
-            self.log("val/best_" + self.objective, values[self.objective])
+            self.log("val/best_" + self.objective, values[self.objective], sync_dist=True)
             if self.checkpoint_path is not None and self.trainer.is_global_zero:
                 torch.save({"state_dict": trainable_state_dict(self.model), "epoch": self.current_epoch,
                             "metrics": values}, self.checkpoint_path)
+
+    # Lightning checkpoints (resume) hold only what training changes: the trainable tensors, the
+    # optimizer and loop state, and the metric history; the frozen backbone is rebuilt by the job
+    strict_loading = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["pdspace"] = {"history": self.history, "best": self.best}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pdspace", {})
+        self.history, self.best = list(state.get("history", [])), state.get("best")
+
+    def fit_state(self) -> dict[str, Any]:
+        """The metric history and the best epoch (what result.json reports)."""
+        return {"history": self.history, "best": self.best}
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -103,3 +123,29 @@ class PEFTModule(L.LightningModule):
         schedule = transformers.get_scheduler(self.scheduler, optimizer, num_warmup_steps=int(self.warmup_ratio * total),
                                               num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class EvalTimer(L.Callback):
+    """Seconds spent in validation loops (the rest of `fit` is training)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._t = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self._t
+
+
+class FitState(L.Callback):
+    """Rank 0 writes the metric history at the end of fit: spawned ranks cannot hand it back."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: L.Trainer, module: PEFTModule) -> None:
+        if trainer.is_global_zero:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(module.fit_state(), default=float))
+            tmp.replace(self.path)

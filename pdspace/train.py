@@ -35,6 +35,7 @@ log = logging.getLogger("pdspace")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "best_trainable.pt"
+FIT_STATE_FILE = "fit_state.json"
 VERSIONED = ("pdspace", "torch", "lightning", "transformers", "hydra-core", "omegaconf", "datasets",
              "torchmetrics", "wandb")
 
@@ -86,6 +87,11 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(finite(result), indent=2, default=str))
     tmp.replace(path)
+
+
+def _global_rank() -> int:
+    # SLURM-managed tasks (one process per GPU) each run the whole job; only rank 0 reports
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
 def _in_multirun() -> bool:
@@ -161,24 +167,6 @@ class _Clock:
         self._last = now
 
 
-def _eval_timer() -> Any:
-    import lightning as L
-
-    class EvalTimer(L.Callback):
-        """Seconds spent in validation loops (the rest of `fit` is training)."""
-
-        def __init__(self) -> None:
-            self.seconds = 0.0
-
-        def on_validation_start(self, trainer: Any, module: Any) -> None:
-            self._t = time.perf_counter()
-
-        def on_validation_end(self, trainer: Any, module: Any) -> None:
-            self.seconds += time.perf_counter() - self._t
-
-    return EvalTimer()
-
-
 def _task_spec(task: DictConfig) -> Any:
     from pdspace.data import files_task, get_task
 
@@ -207,6 +195,7 @@ def run(cfg: DictConfig) -> float:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "labels": _plain(cfg.get("labels")) or {},
+        "host": {"hostname": platform.node(), "pid": os.getpid()},
     }
     loggers: list[Any] = []
     failed = False
@@ -228,7 +217,8 @@ def run(cfg: DictConfig) -> float:
         clock.lap("teardown")
         result["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result["timings"] = {**result.get("timings", {}), "total_s": time.perf_counter() - clock.t0}
-        write_result(out / RESULT_FILE, result)
+        if _global_rank() == 0:
+            write_result(out / RESULT_FILE, result)
         _finish(loggers, failed)
     if failed and not _in_multirun():
         raise JobFailed(result["error"], out / RESULT_FILE)
@@ -272,7 +262,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         return float("nan")
 
     from pdspace.data import PDSpaceDataModule
-    from pdspace.module import PEFTModule
+    from pdspace.module import EvalTimer, FitState, PEFTModule
 
     log.info("%s on %s\n%s", cfg.task.name, cfg.backbone.name, report.table())
 
@@ -299,20 +289,40 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                                                                 "head_params", "fraction")}}
     for lg in loggers:
         lg.log_hyperparams(hparams)
-    timer = _eval_timer()
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [timer]
+    timer = EvalTimer()
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
+        timer, FitState(out / FIT_STATE_FILE)]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(precision=_precision(cfg.trainer), default_root_dir=str(out))
+    resume = cfg.get("ckpt_path")
+    if resume:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        # last.ckpt only (trainable tensors + optimizer + loops), refreshed every few steps
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                         every_n_train_steps=int(cfg.checkpoint_every_n_steps)))
+        trainer_cfg["enable_checkpointing"] = True
+        found = sorted((out / "checkpoints").glob("last*.ckpt"))
+        if found:
+            step = torch.load(found[-1], map_location="cpu", weights_only=False).get("global_step")
+            result["resumed_from"] = {"path": str(found[-1]), "global_step": step}
+            log.info("resuming from %s (step %s)", found[-1], step)
     trainer = hydra.utils.instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                       enable_progress_bar=bool(cfg.get("callbacks")))
     clock.lap("setup_s")
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume if resume and result.get("resumed_from") else None)
     clock.lap("fit_s")
+    if not module.history and (out / FIT_STATE_FILE).exists():
+        # a spawning strategy (ddp_spawn) trained copies of the module: rank 0 left its metrics on disk
+        state = json.loads((out / FIT_STATE_FILE).read_text())
+        module.history, module.best = state["history"], state["best"]
     if not module.history:
         raise RuntimeError("training ended without a validation epoch; set trainer.limit_val_batches > 0")
     fit = clock.marks.pop("fit_s")
     result["timings"] = {**clock.marks, "train_s": fit - timer.seconds, "eval_s": timer.seconds}
     result["metrics"] = {"per_epoch": module.history, "best": module.best}
+    result["world_size"] = trainer.world_size
+    result["global_step"] = trainer.global_step
     best = module.best[module.objective]
     result["objective"] = {"name": module.objective, "value": best}
     if ckpt is not None and ckpt.exists():

@@ -101,3 +101,8 @@ def use_pdspace_attention(model: nn.Module) -> None:
                 f"{type(module).__name__} still uses attention {cfg._attn_implementation!r} after switching to "
                 f"{ATTN_IMPLEMENTATION!r}; this model does not dispatch attention through AttentionInterface"
             )
+
+
+# at import too: a patched model unpickled in another process (ddp_spawn ranks, joblib workers)
+# imports this module through PrefixKV and must find its attention function registered
+register_attention()
