@@ -179,3 +179,11 @@ def test_minilm_sst2_2k_one_epoch_is_well_above_chance(launch):
 @pytest.mark.parametrize("option", [o for g, o in config_options() if g == "backbone" and o.startswith(("tiny", "minilm"))])
 def test_offline_backbones_have_six_layers_from_config_alone(option):
     assert backbones.backbone_layers(compose_train(f"backbone={option}").backbone) == 6
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_every_launcher_config_composes(launcher):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
