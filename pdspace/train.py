@@ -202,6 +202,9 @@ def run(cfg: DictConfig) -> float:
     try:
         result["config"] = OmegaConf.to_container(cfg, resolve=True)
         run_name = f"{cfg.task.name}.{cfg.backbone.name}.seed{cfg.seed}"
+        if cfg.get("space") and not _in_multirun():
+            log.warning("space=%s samples designs only in a multirun (add -m); this run trains the design "
+                        "the dimension groups give", cfg.space.get("name"))
         if not cfg.dry_run:
             loggers = make_loggers(cfg, out, run_name)
         objective = _run(cfg, out, result, loggers, clock)
