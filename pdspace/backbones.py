@@ -78,7 +78,7 @@ def _load_error(path: str, e: Exception) -> BackboneError:
 
 
 def _load(path: str | None, arch: str | None, head: str, num_labels: int, tokenizer: Any,
-          overrides: dict[str, Any]) -> nn.Module:
+          overrides: dict[str, Any], meta: bool = False) -> nn.Module:
     auto = (transformers.AutoModelForSeq2SeqLM if head == "seq2seq"
             else transformers.AutoModelForSequenceClassification)
     kwargs = {} if head == "seq2seq" else {"num_labels": num_labels}
@@ -92,26 +92,34 @@ def _load(path: str | None, arch: str | None, head: str, num_labels: int, tokeni
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         special.update(eos_token_id=eos, decoder_start_token_id=tokenizer.pad_token_id)
         config = build_config(arch, **{**special, **kwargs, **overrides})
-        return auto.from_config(config, attn_implementation="sdpa")
     try:
-        return auto.from_pretrained(path, attn_implementation="sdpa", **kwargs, **overrides)
+        if arch is None and not meta:
+            return auto.from_pretrained(path, attn_implementation="sdpa", **kwargs, **overrides)
+        if arch is None:
+            config = transformers.AutoConfig.from_pretrained(path, **kwargs, **overrides)
     except (OSError, ValueError) as e:
         raise _load_error(path, e) from e
+    # meta: shapes only (a dry run of t5-3b downloads a config, not 11 GB of weights)
+    with torch.device("meta" if meta else "cpu"):
+        return auto.from_config(config, attn_implementation="sdpa")
 
 
 def load_backbone(name: str, path: str | None = None, *, arch: str | None = None, tokenizer: str | None = None,
                   num_labels: int = 2, text_to_text: bool | None = None, seed: int = 0, cache: bool = True,
-                  overrides: dict[str, Any] | None = None) -> Backbone:
+                  overrides: dict[str, Any] | None = None, meta: bool = False) -> Backbone:
     """A fresh copy of backbone `name` with a task head.
 
     `path` is a hub id or folder ('minilm' = the bundled MiniLM); `arch` instead builds a
     random model from `pdspace.archs` (tests). Encoder-decoders get their LM head
     (text-to-text); encoder-only and decoder-only models a classification/regression head
-    with `num_labels` outputs, initialised from `seed`.
+    with `num_labels` outputs, initialised from `seed`. `meta=True` builds the same model
+    on the meta device from its config alone (no weights, nothing cached): enough to plan
+    and count a design.
     """
     if (path is None) == (arch is None):
         raise BackboneError(f"backbone {name!r}: give exactly one of `path` (hub id or folder) or `arch`")
-    tok = load_tokenizer(tokenizer or path or MINILM)
+    # a meta model of a hub backbone needs no tokenizer; a random one is sized to its tokenizer
+    tok = None if meta and arch is None else load_tokenizer(tokenizer or path or MINILM)
     if arch is not None:
         is_enc_dec = build_config(arch).is_encoder_decoder
     else:
@@ -126,6 +134,9 @@ def load_backbone(name: str, path: str | None = None, *, arch: str | None = None
     head = "seq2seq" if is_enc_dec else "classification"
     key = (name, path, arch, head, num_labels if head != "seq2seq" else 0, repr(sorted((overrides or {}).items())))
     t0 = time.perf_counter()
+    if meta:
+        model = _load(_resolve(path) if path else None, arch, head, num_labels, tok, dict(overrides or {}), meta=True)
+        return Backbone(name, model, tok, text_to_text, False, time.perf_counter() - t0)
     cached = cache and key in _MODELS
     if not cached:
         LOADS[name] += 1

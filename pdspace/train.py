@@ -249,7 +249,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     bb = load_backbone(bb_cfg.name, bb_cfg.path, arch=bb_cfg.arch, tokenizer=bb_cfg.tokenizer,
                        num_labels=spec.num_labels if spec.kind == "classification" else 1,
                        text_to_text=True if spec.kind == "seq2seq" else None, seed=int(cfg.seed),
-                       overrides=_plain(bb_cfg.get("overrides")) or None)
+                       overrides=_plain(bb_cfg.get("overrides")) or None, meta=bool(cfg.dry_run))
     result["backbone_cached"] = bb.cached
     num_layers = len(layer_map(bb.model))
     design = build_design(cfg, num_layers)

@@ -187,3 +187,14 @@ def test_every_launcher_config_composes(launcher):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
+
+
+def test_dry_run_of_a_hub_backbone_needs_only_its_config(launch, tmp_path):
+    from pdspace.archs import build_config
+
+    build_config("t5-base").save_pretrained(tmp_path / "t5-base")  # config.json only, no weights
+    (r,) = launch("backbone=t5-base", f"backbone.path={tmp_path / 't5-base'}", "dry_run=true",
+                  "grouping.choice=[4,8,8,4]")
+    assert r["status"] == "dry_run" and r["design_id"] == "g4-8-8-4.alloc-uniform.tune-1111.A+L|A+P|A+P+B|P+B+L"
+    assert r["params"]["backbone_params"] == 222_903_552
+    assert abs(r["params"]["fraction"] / 0.005 - 1) < 0.005
