@@ -113,14 +113,19 @@ def load_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep} does not exist")
+    return read_results(sorted(sweep.glob(f"*/{RESULT_FILE}")))
+
+
+def read_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The parsed result files, each with its `_path`; unreadable ones are skipped with a warning."""
     results = []
-    for path in sorted(sweep.glob(f"*/{RESULT_FILE}")):
+    for path in paths:
         try:
-            result = json.loads(path.read_text())
+            result = json.loads(Path(path).read_text())
             if not isinstance(result, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
-            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=2)
+            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
             continue
         results.append({**result, "_path": str(path)})
     return results

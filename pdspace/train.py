@@ -60,6 +60,51 @@ def design_dims(design: Design) -> dict[str, Any]:
     return dims
 
 
+FULL_DESIGN_ID = "full"
+
+
+class FullFinetune:
+    """Full fine-tuning: every parameter trains; reports the counts the way `PatchReport` does."""
+
+    def __init__(self, model: Any) -> None:
+        from pdspace.peft.patch import count_params
+
+        model.requires_grad_(True)
+        self.backbone_params, self.head_params = count_params(model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `params` entry of result.json: trainable = the whole backbone, fraction 1.0."""
+        return {"backbone_params": self.backbone_params, "trainable_params": self.backbone_params,
+                "head_params": self.head_params, "target_params": self.backbone_params, "budget_fraction": None,
+                "fraction": 1.0, "layers": [], "notes": ["full fine-tuning: every backbone and head parameter trains"]}
+
+    def table(self) -> str:
+        """One line per count (what a dry run prints)."""
+        return (f"design {FULL_DESIGN_ID} (full fine-tuning)\nbackbone params  {self.backbone_params:,}\n"
+                f"trainable        {self.backbone_params:,} (100% of backbone)\ntask head        {self.head_params:,}")
+
+
+def set_accumulation(trainer: Any, batch_size: int, effective: int | None) -> dict[str, Any]:
+    """Set `accumulate_grad_batches` so that per-device batch x devices x steps reaches `effective`; the numbers."""
+    world = int(trainer.world_size)
+    if effective:
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(f"data.effective_batch_size={effective} sets accumulate_grad_batches itself; drop "
+                             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}")
+        trainer.accumulate_grad_batches = math.ceil(int(effective) / (batch_size * world))
+    accumulate = int(trainer.accumulate_grad_batches)
+    return {"per_device": batch_size, "devices": world, "accumulate_grad_batches": accumulate,
+            "effective": batch_size * world * accumulate, "requested_effective": effective}
+
+
+def _method(cfg: DictConfig) -> str | None:
+    # the preset's `method:`, else the experiment preset's name (pdspace-report's default row label)
+    if cfg.get("method"):
+        return str(cfg.method)
+    choice = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    return str(choice) if choice else None
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on."""
     out = {"python": platform.python_version()}
@@ -194,7 +239,7 @@ def run(cfg: DictConfig) -> float:
         "backbone": cfg.backbone.name, "budget_fraction": cfg.budget_fraction, "output_dir": str(out),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "labels": _plain(cfg.get("labels")) or {},
+        "labels": _plain(cfg.get("labels")) or {}, "method": _method(cfg),
         "host": {"hostname": platform.node(), "pid": os.getpid()},
     }
     loggers: list[Any] = []
@@ -251,11 +296,16 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                        text_to_text=True if spec.kind == "seq2seq" else None, seed=int(cfg.seed),
                        overrides=_plain(bb_cfg.get("overrides")) or None, meta=bool(cfg.dry_run))
     result["backbone_cached"] = bb.cached
-    num_layers = len(layer_map(bb.model))
-    design = build_design(cfg, num_layers)
-    result.update(design_id=str(design), design=design.to_dict(), design_dims=design_dims(design))
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
-    report = apply_design(bb.model, design, cfg.budget_fraction, **peft)
+    if peft.pop("full_finetune", False):
+        # full fine-tuning: a baseline outside the design space, so no design is built or patched
+        report: Any = FullFinetune(bb.model)
+        result.update(design_id=FULL_DESIGN_ID, design=None, design_dims={"design_id": FULL_DESIGN_ID})
+    else:
+        num_layers = len(layer_map(bb.model))
+        design = build_design(cfg, num_layers)
+        result.update(design_id=str(design), design=design.to_dict(), design_dims=design_dims(design))
+        report = apply_design(bb.model, design, cfg.budget_fraction, **peft)
     result["params"] = {k: v for k, v in report.to_dict().items() if k != "design"}
     clock.lap("model_s")
     if cfg.dry_run:
@@ -287,7 +337,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                         optimizer=hydra.utils.instantiate(cfg.optimizer), scheduler=cfg.scheduler.name,
                         warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=task.get("max_target_length"),
                         checkpoint_path=ckpt)
-    hparams = {**result["config"], **{f"design/{k}": v for k, v in design_dims(design).items()},
+    hparams = {**result["config"], **{f"design/{k}": v for k, v in result["design_dims"].items()},
                **{f"params/{k}": result["params"][k] for k in ("backbone_params", "trainable_params",
                                                                 "head_params", "fraction")}}
     for lg in loggers:
@@ -312,6 +362,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
             log.info("resuming from %s (step %s)", found[-1], step)
     trainer = hydra.utils.instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                       enable_progress_bar=bool(cfg.get("callbacks")))
+    result["batch"] = set_accumulation(trainer, int(cfg.data.batch_size), cfg.data.get("effective_batch_size"))
     clock.lap("setup_s")
     trainer.fit(module, datamodule=dm, ckpt_path=resume if resume and result.get("resumed_from") else None)
     clock.lap("fit_s")
