@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks: `python -m pdspace.bench step|sweep`."""
