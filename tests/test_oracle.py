@@ -1,6 +1,8 @@
 """pdspace modules against independent implementations: HF peft, and attention computed by hand."""
 
 import copy
+import math
+import re
 
 import pytest
 import torch
@@ -8,9 +10,9 @@ from conftest import output_of, tiny, tiny_inputs
 from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import BartForCausalLM
 
-from pdspace import Design, apply_design
+from pdspace import Design, apply_design, merge_lora
 from pdspace.archs import build_config, build_model
-from pdspace.peft import LoraLinear, layer_map
+from pdspace.peft import AdapterLinear, LoraLinear, layer_map, unmerge_lora
 
 
 def _randomise(model, names=("lora_A", "lora_B")):
@@ -34,7 +36,7 @@ def test_lora_equals_peft_lora(family, pattern, targets, peft_layers, stack_laye
     base = tiny(family)
     ours = copy.deepcopy(base)
     design = Design([1, 1, 1, 1], "uniform", stack_layers, ["L"] * 4)
-    apply_design(ours, design, sizes={"lora_rank": 4}, lora_scaling=8 / 4)
+    apply_design(ours, design, sizes={"lora_rank": 4}, lora_alpha=8)
     _randomise(ours)
     task = TaskType.SEQ_CLS if family == "bert" else TaskType.SEQ_2_SEQ_LM
     ref = get_peft_model(copy.deepcopy(base), LoraConfig(
@@ -52,6 +54,81 @@ def test_lora_equals_peft_lora(family, pattern, targets, peft_layers, stack_laye
         expected = output_of(ref, batch)
         torch.testing.assert_close(output_of(ours, batch), expected, atol=1e-5, rtol=0)
         assert not torch.allclose(output_of(base, batch), expected, atol=1e-3)  # the update matters
+
+
+@pytest.mark.parametrize("rslora", [False, True], ids=["alpha-over-r", "rslora"])
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_per_layer_ranks_scale_like_peft_rank_pattern(family, rslora):
+    # increasing allocation gives every layer its own rank; peft gets the same ranks through rank_pattern and
+    # scales each module by lora_alpha / r (rsLoRA: / sqrt(r)) with its own r
+    alpha = 16.0
+    base = tiny(family)
+    ours = copy.deepcopy(base)
+    report = apply_design(ours, Design([1, 1, 1, 1], "increasing", None, ["L"] * 4), budget_fraction=0.05,
+                          lora_alpha=alpha, lora_rslora=rslora)
+    _randomise(ours)
+    ours_lora = {n: m for n, m in ours.named_modules() if isinstance(m, LoraLinear)}
+    ranks = {n: m.rank for n, m in ours_lora.items()}
+    assert len({row.sizes["L"] for row in report.layers}) >= 3  # the layers really differ
+    for m in ours_lora.values():
+        assert m.scaling == (alpha / math.sqrt(m.rank) if rslora else alpha / m.rank)
+    task = TaskType.SEQ_CLS if family == "bert" else TaskType.SEQ_2_SEQ_LM
+    ref = get_peft_model(copy.deepcopy(base), LoraConfig(
+        task_type=task, r=1, lora_alpha=alpha, lora_dropout=0.0, use_rslora=rslora, target_modules=list(ranks),
+        rank_pattern={re.escape(n): r for n, r in ranks.items()})).eval()
+    ref_lora = {n.removeprefix("base_model.model."): m for n, m in ref.named_modules() if hasattr(m, "lora_A")
+                and "default" in getattr(m, "lora_A", {})}
+    assert set(ref_lora) == set(ours_lora)
+    batch = tiny_inputs(base)
+    with torch.no_grad():
+        for name, m in ours_lora.items():
+            assert ref_lora[name].r["default"] == m.rank and ref_lora[name].scaling["default"] == m.scaling
+            ref_lora[name].lora_A["default"].weight.copy_(m.lora_A)
+            ref_lora[name].lora_B["default"].weight.copy_(m.lora_B)
+        expected = output_of(ref, batch)
+        torch.testing.assert_close(output_of(ours, batch), expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(output_of(base, batch), expected, atol=1e-3)
+        # merging folds each module's own scaling into its weight; unmerging restores the backbone
+        merge_lora(ours)  # folding a scaled update into the weight reorders float sums: a looser tolerance
+        torch.testing.assert_close(output_of(ours, batch), expected, atol=1e-4, rtol=1e-4)
+        unmerge_lora(ours)
+        for name, m in ours_lora.items():
+            torch.testing.assert_close(m.base_layer.weight, base.get_submodule(name).weight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_adapter_sits_at_houlsbys_ffn_position(family):
+    # by hand: the adapter transforms the FFN output projection's result, before dropout, the residual addition
+    # and (post-norm BERT) the LayerNorm
+    assert "Houlsby" in AdapterLinear.__doc__ and "Pfeiffer placement" not in AdapterLinear.__doc__
+    model = tiny(family)
+    apply_design(model, Design([1, 1, 1, 1], "uniform", None, ["A"] * 4), budget_fraction=0.05)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, AdapterLinear):
+                for p in (*m.down.parameters(), *m.up.parameters()):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    d = model.config.hidden_size if family == "bert" else model.config.d_model
+    hidden = torch.randn(2, 5, d, generator=g)
+
+    def adapter(a, h):
+        return h + a.up(torch.relu(a.down(h)))
+
+    with torch.no_grad():
+        if family == "bert":
+            out_mod = model.bert.encoder.layer[0].output  # dense -> dropout -> LayerNorm(h + input)
+            inter = torch.randn(2, 5, model.config.intermediate_size, generator=g)
+            a = out_mod.dense
+            expected = out_mod.LayerNorm(adapter(a, inter @ a.base_layer.weight.T + a.base_layer.bias) + hidden)
+            got = out_mod(inter, hidden)
+        else:
+            ff = model.encoder.block[0].layer[-1]  # pre-norm: x + dropout(wo(act(wi(LayerNorm(x)))))
+            a = ff.DenseReluDense.wo
+            inner = torch.relu(ff.DenseReluDense.wi(ff.layer_norm(hidden)))
+            expected = hidden + adapter(a, inner @ a.base_layer.weight.T)
+            got = ff(hidden)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def _bart_decoder():

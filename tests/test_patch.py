@@ -161,3 +161,27 @@ def test_task_head_counted_apart():
     assert report.head_params == head > 0
     assert all(p.requires_grad for p in model.classifier.parameters())
     assert set(FAMILY_MODELS) >= {"bert", "roberta", "t5", "bart", "llama"}
+
+
+def test_bitfit_only_design_says_it_is_below_the_budget():
+    model = build_model("t5-base", "seq2seq", device="meta")
+    report = apply_design(model, Design([6, 6, 6, 6], strategies=["B"] * 4), budget_fraction=0.005)
+    # T5 has no biases: BitFit adds zero biases to every projection, 202,752 params of the 1,114,518 budget
+    assert report.trainable_params == 202_752 and report.target_params == 1_114_518
+    lines = report.table().splitlines()
+    assert "trainable 0.091% is below the 0.500% budget: BitFit modules have a fixed size" in lines
+    d = report.to_dict()
+    assert d["below_budget"] is True and d["fixed_size"] is True
+    assert d["budget_ratio"] == pytest.approx(202_752 / 1_114_518)
+    # natural size (budget_fraction=None): nothing to be below, but the table still says why the count is small
+    natural = apply_design(build_model("t5-base", "seq2seq", device="meta"), Design([6, 6, 6, 6], strategies=["B"] * 4),
+                           budget_fraction=None)
+    assert natural.to_dict()["below_budget"] is False and natural.to_dict()["budget_ratio"] == 1.0
+    assert "trainable 0.091% is BitFit's natural size (budget_fraction=null" in natural.table()
+
+
+def test_sized_design_on_target_has_no_budget_line():
+    report = apply_design(build_model("t5-base", "seq2seq", device="meta"), Design([6, 6, 6, 6], strategies=["BL"] * 4))
+    d = report.to_dict()
+    assert d["below_budget"] is False and d["fixed_size"] is False and d["budget_ratio"] == pytest.approx(1, abs=0.005)
+    assert "is below the" not in report.table() and "natural size" not in report.table()

@@ -1,4 +1,12 @@
-"""Adapter: a bottleneck MLP with a residual connection after the feed-forward sub-layer."""
+"""Adapter: a bottleneck MLP at Houlsby et al.'s (2019) feed-forward position.
+
+Sequential and inside the sub-layer's residual: it follows the feed-forward output projection
+and comes before that sub-layer's dropout, residual addition and, in post-norm families (BERT,
+RoBERTa, BART), its LayerNorm; pre-norm families (T5, mBART, Llama) have no LayerNorm there.
+Only Houlsby's FFN adapter is inserted, not the second one after attention. This is not
+Pfeiffer et al.'s placement, which applies its one adapter after the feed-forward sub-layer's
+residual addition and LayerNorm.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,10 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 class AdapterLinear(WrappedLinear):
-    """Wraps the feed-forward output projection: `h = W x; y = h + up(act(down(h)))` (Pfeiffer placement).
+    """Wraps the feed-forward output projection: `h = W x; y = h + up(act(down(h)))` (Houlsby's FFN adapter).
+
+    The adapter sits sequentially right after the projection, so dropout, the sub-layer's
+    residual connection and (post-norm) LayerNorm all come after it.
 
     `up` starts at zero, so a freshly patched layer computes exactly what the backbone does.
     """

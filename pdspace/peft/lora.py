@@ -1,4 +1,10 @@
-"""LoRA: a low-rank update `B @ A` added to a frozen linear projection (attention q and v)."""
+"""LoRA: a low-rank update `B @ A` added to a frozen linear projection (attention q and v).
+
+Scaling follows HF peft: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA, where `r` is the rank
+of that very module. The budget solver gives layers different ranks (increasing/decreasing
+allocation); with one constant scaling for all, `B A x` is a sum of r rank-1 terms, so a
+layer's update, and in effect its learning rate, would grow with the rank it was allotted.
+"""
 
 from __future__ import annotations
 
@@ -34,13 +40,26 @@ class WrappedLinear(nn.Module):
         return self.base_layer.out_features
 
 
-class LoraLinear(WrappedLinear):
-    """`y = W x + scaling * B A x`; B starts at zero so the patched model starts as the backbone."""
+def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
+    """peft's LoRA scaling: `alpha / rank`, or `alpha / sqrt(rank)` for rsLoRA."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
 
-    def __init__(self, base_layer: nn.Linear, rank: int, scaling: float = 1.0, dropout: float = 0.0) -> None:
+
+class LoraLinear(WrappedLinear):
+    """`y = W x + scaling * B A x` with `scaling = alpha / rank` (rsLoRA: `alpha / sqrt(rank)`).
+
+    B starts at zero so the patched model starts as the backbone; `scaling` is fixed at
+    construction (it is what `merge` folds in and `unmerge` takes out again).
+    """
+
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float = 8.0, dropout: float = 0.0,
+                 rslora: bool = False) -> None:
         super().__init__(base_layer)
         w = base_layer.weight
-        self.rank, self.scaling = rank, scaling
+        self.rank, self.alpha, self.rslora = rank, alpha, rslora
+        self.scaling = lora_scaling(alpha, rank, rslora)
         self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))

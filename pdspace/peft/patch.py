@@ -24,6 +24,8 @@ from pdspace.peft.lora import LoraLinear
 from pdspace.peft.prefix import PrefixKV, use_pdspace_attention
 
 SIZE_KEYS = {v: k for k, v in SIZE_NAMES.items()}  # "lora_rank" -> "L", ...
+# the solver lands within a fraction of a module size of the target; this far below it is not rounding
+BELOW_BUDGET_RATIO = 0.9
 
 
 @dataclass
@@ -56,6 +58,32 @@ class PatchReport:
         """Trainable PEFT parameters over the backbone's own parameters (head excluded)."""
         return self.trainable_params / self.backbone_params
 
+    @property
+    def budget_ratio(self) -> float:
+        """Trainable PEFT parameters over the target (1.0 at natural size, `budget_fraction=None`)."""
+        return self.trainable_params / self.target_params if self.target_params else 1.0
+
+    @property
+    def below_budget(self) -> bool:
+        """Whether the design stays well below its budget (BitFit-only designs: modules of fixed size)."""
+        return self.budget_ratio < BELOW_BUDGET_RATIO
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether every module has a fixed size (BitFit only), so no budget can change the count."""
+        return all(set(row.sizes) <= {"B"} for row in self.layers)
+
+    def budget_line(self) -> str | None:
+        """One line on why the count is below the budget or not budgeted at all; None when on target."""
+        if self.below_budget:
+            why = "BitFit modules have a fixed size" if self.fixed_size else "integer module sizes get no closer"
+            budget = self.budget_fraction or self.target_params / self.backbone_params
+            return f"trainable {self.fraction:.3%} is below the {budget:.3%} budget: {why}"
+        if self.budget_fraction is None and self.fixed_size:
+            return (f"trainable {self.fraction:.3%} is BitFit's natural size (budget_fraction=null: no budget "
+                    f"solved; the default budget is {DEFAULT_BUDGET_FRACTION:.3%})")
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (what `result.json` stores)."""
         return {
@@ -66,6 +94,9 @@ class PatchReport:
             "target_params": self.target_params,
             "budget_fraction": self.budget_fraction,
             "fraction": self.fraction,
+            "budget_ratio": self.budget_ratio,
+            "below_budget": self.below_budget,
+            "fixed_size": self.fixed_size,
             "layers": [vars(row) for row in self.layers],
             "notes": list(self.notes),
         }
@@ -87,7 +118,8 @@ class PatchReport:
             f"trainable        {self.trainable_params:,} ({self.fraction:.4%} of backbone)",
             f"task head        {self.head_params:,} (counted apart)",
         ]
-        return "\n".join(lines + self.notes)
+        budget_line = self.budget_line()
+        return "\n".join(lines + ([budget_line] if budget_line else []) + self.notes)
 
 
 def head_modules(model: nn.Module) -> list[nn.Module]:
@@ -143,7 +175,8 @@ def apply_design(
     *,
     sizes: Mapping[str, int] | None = None,
     train_head: bool = True,
-    lora_scaling: float = 1.0,
+    lora_alpha: float = 8.0,
+    lora_rslora: bool = False,
     lora_dropout: float = 0.0,
     adapter_activation: str = "relu",
     prefix_init_std: float = 0.02,
@@ -153,7 +186,8 @@ def apply_design(
     Freezes every backbone weight, inserts Adapter / Prefix / LoRA / BitFit per layer with
     the solved sizes, and unfreezes exactly the PEFT parameters (and the task head when
     `train_head`). `sizes` (e.g. {"lora_rank": 8}) skips the solver and gives every tuned
-    layer the same sizes.
+    layer the same sizes. Each LoRA module is scaled by `lora_alpha / r` (`lora_alpha / sqrt(r)`
+    with `lora_rslora`), r being the rank solved for its layer, as HF peft does.
     """
     layers = layer_map(model)
     if len(layers) != design.num_layers:
@@ -186,7 +220,7 @@ def apply_design(
             params += apply_bitfit(layer)
         if "L" in row:
             for parent, name in layer.lora_targets:
-                wrapped = LoraLinear(getattr(parent, name), row["L"], lora_scaling, lora_dropout)
+                wrapped = LoraLinear(getattr(parent, name), row["L"], lora_alpha, lora_dropout, lora_rslora)
                 setattr(parent, name, wrapped)
                 params += [wrapped.lora_A, wrapped.lora_B]
         if "A" in row:
