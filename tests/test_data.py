@@ -93,7 +93,7 @@ def test_metrics_exact_values():
     logits = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
     assert make_metrics("mnli")(logits, ids([0, 1, 2, 1]))["accuracy"].item() == pytest.approx(0.75)
     assert make_metrics("sst2")(ids([-1, -1, 1, 0]), ids([0, 1, 1, 0]))["accuracy"].item() == pytest.approx(0.5)
-    em = make_metrics("xsum")
+    em = make_metrics("synthetic_seq2seq")
     em.update(["a cat ", "dog"], ["a cat", "cat"])
     em.update(ids([[5, 6, -100]]), ids([[5, 6, -100]]))
     assert em.compute()["exact_match"].item() == pytest.approx(2 / 3)

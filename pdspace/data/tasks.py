@@ -7,23 +7,32 @@ Metric names used everywhere (keys of `make_metrics`, all computed by torchmetri
 - ``f1``: F1 of class 1 (MRPC "equivalent", QQP "duplicate"); macro F1 for more than 2 classes.
 - ``pearson`` / ``spearman``: correlations of predicted and gold scores (STS-B).
 - ``exact_match``: fraction of predicted sequences equal to the gold sequence.
+- ``rouge1`` / ``rouge2`` / ``rougeL``: ROUGE-1/2/L F-measure of generated text against its
+  reference (XSum; objective ``rougeL``, the ROUGE-L F-measure). Lower-cased, only ASCII letters
+  and digits kept as tokens, no stemmer (stemming would need nltk): a little below stemmed paper numbers.
+- ``bleu``: corpus BLEU (SacreBLEU, 13a tokenisation, 4-grams, no smoothing) as a fraction,
+  i.e. sacrebleu's number / 100 (WMT16 en-ro; objective ``bleu``).
 - ``score``: the task's GLUE score, the unweighted mean of the task's metrics
   (MRPC/QQP: mean(accuracy, f1); STS-B: mean(pearson, spearman); single-metric
   tasks: that metric), added by `add_score`.
 
-All values are fractions (accuracy in [0, 1], correlations in [-1, 1]), not percent.
+All values are fractions (accuracy, ROUGE, BLEU in [0, 1], correlations in [-1, 1]), not percent.
 `TaskSpec.objective` is the key a run should maximise: the single metric where a
-task has one, otherwise ``score``.
+task has one, otherwise ``score`` (XSum: ``rougeL``).
 
 Text-to-text (T5-style) conventions: the input is ``"<prefix> <field>: <text> ..."``
 (``"sst2 sentence: it 's a charming ..."``), the target is the class word
 (``"positive"``) or, for STS-B, the score rounded to the nearest 0.2 (``"3.8"``).
+A generated answer that is no label word (``"???"``) is scored as wrong: a label of its own
+(`UNKNOWN_LABEL`, -1), never another class; see `make_metrics(..., text_to_text=True)`. An
+unparsable STS-B answer scores 0.0. `parse_prediction` tells both apart from real answers,
+for the ``invalid_rate`` the training module reports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +40,16 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
+from torchmetrics import text as tmt
+from pdspace.errors import PDSpaceError
 
 KINDS = ("classification", "regression", "seq2seq")
-METRIC_NAMES = ("accuracy", "matthews", "f1", "pearson", "spearman", "exact_match")
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+METRIC_NAMES = ("accuracy", "matthews", "f1", "pearson", "spearman", "exact_match", *ROUGE_KEYS, "bleu")
 UNKNOWN_LABEL = -1
 
 
-class DataError(ValueError):
+class DataError(PDSpaceError, ValueError):
     """Bad task name, data location or data file; the message names the problem and the fix."""
 
 
@@ -113,10 +125,10 @@ TASKS: dict[str, TaskSpec] = {
     "rte": _glue("rte", "classification", 2, ("sentence1", "sentence2"), ("accuracy",),
                  ("entailment", "not_entailment")),
     "xsum": TaskSpec(name="xsum", kind="seq2seq", num_labels=0, text_fields=("document",), label_field="summary",
-                     metrics=("exact_match",), objective="exact_match", prefix="summarize:", source="hub",
+                     metrics=ROUGE_KEYS, objective="rougeL", prefix="summarize:", source="hub",
                      max_length=512, max_target_length=64),
     "wmt16_en_ro": TaskSpec(name="wmt16_en_ro", kind="seq2seq", num_labels=0, text_fields=("en",), label_field="ro",
-                            metrics=("exact_match",), objective="exact_match",
+                            metrics=("bleu",), objective="bleu",
                             prefix="translate English to Romanian:", source="hub", max_target_length=128),
     "synthetic_cls": TaskSpec(name="synthetic_cls", kind="classification", num_labels=2, text_fields=("sentence",),
                               metrics=("accuracy",), objective="accuracy", label_words=("negative", "positive"),
@@ -187,19 +199,25 @@ def _squash(text: str) -> str:
     return "".join(str(text).split()).lower()
 
 
-def decode_prediction(spec: TaskSpec, text: str) -> Any:
-    """Label of a generated text: class index (-1 if not a label word), float score (0.0 if unparsable), or text."""
+def parse_prediction(spec: TaskSpec, text: str) -> tuple[Any, bool]:
+    """`decode_prediction` of a generated text and whether it was a real answer (a label word, a finite number)."""
     if spec.kind == "classification":
         words = spec.label_words or tuple(str(i) for i in range(spec.num_labels))
         lookup = {_squash(w): i for i, w in enumerate(words)}
-        return lookup.get(_squash(text), UNKNOWN_LABEL)
+        label = lookup.get(_squash(text), UNKNOWN_LABEL)
+        return label, label != UNKNOWN_LABEL
     if spec.kind == "regression":
         try:
             value = float(_squash(text))
         except ValueError:
-            return 0.0
-        return value if math.isfinite(value) else 0.0
-    return str(text).strip()
+            return 0.0, False
+        return (value, True) if math.isfinite(value) else (0.0, False)
+    return str(text).strip(), True
+
+
+def decode_prediction(spec: TaskSpec, text: str) -> Any:
+    """Label of a generated text: class index (-1 if not a label word), float score (0.0 if unparsable), or text."""
+    return parse_prediction(spec, text)[0]
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -216,7 +234,12 @@ def add_score(spec: TaskSpec, values: Mapping[str, Any]) -> dict[str, float]:
 
 
 class _ClassIds:
-    """Mixin: takes class ids or (N, C) logits; ids outside the label set (an undecodable answer, -1) count as wrong."""
+    """Mixin: takes class ids or (N, C) logits; ids outside the label set (an undecodable answer, -1) count as wrong.
+
+    Kept for the classification-head path, where argmax never leaves the label set: the
+    opposite class it swaps in is wrong for accuracy but biases Matthews and F1, hence
+    `_WithInvalid` for text-to-text.
+    """
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         preds, target = torch.as_tensor(preds), torch.as_tensor(target).long().reshape(-1)
@@ -227,6 +250,38 @@ class _ClassIds:
         # swapping in another class makes it wrong without breaking torchmetrics' range checks
         preds = torch.where((preds < 0) | (preds >= n), (target + 1) % n, preds)
         super().update(preds, target)  # type: ignore[misc]
+
+
+class _WithInvalid:
+    """Mixin over an (n + 1)-class metric: ids outside 0..n-1 (an undecodable answer, -1) become class n.
+
+    An invalid answer is thus a label of its own, as scikit-learn scores a prediction of -1: wrong
+    for accuracy, its own row/column in Matthews' confusion matrix, never positive for F1.
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = torch.as_tensor(preds), torch.as_tensor(target).long().reshape(-1)
+        if preds.is_floating_point() and preds.dim() == 2:
+            preds = preds.argmax(-1)
+        n = self.num_classes - 1  # type: ignore[attr-defined]
+        preds = preds.long().reshape(-1)
+        super().update(torch.where((preds < 0) | (preds >= n), n, preds), target)  # type: ignore[misc]
+
+
+class _F1WithInvalid(_WithInvalid, tmc.MulticlassF1Score):
+    """F1 with an invalid-answer class: of class 1 for 2 labels, else the macro mean over the real labels.
+
+    Matches ``sklearn.metrics.f1_score(gold, pred, labels=[1] or range(n), average="macro")``: a real
+    label never predicted nor in gold counts as F1 0 (torchmetrics' own macro would skip it).
+    """
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__(num_labels + 1, average="none")
+
+    def compute(self) -> torch.Tensor:
+        per_class = super().compute()
+        n = self.num_classes - 1
+        return per_class[1] if n == 2 else per_class[:n].mean()
 
 
 class _Scores:
@@ -249,6 +304,44 @@ class _MulticlassMatthews(_ClassIds, tmc.MulticlassMatthewsCorrCoef): ...
 class _MulticlassF1(_ClassIds, tmc.MulticlassF1Score): ...
 class _Pearson(_Scores, tmr.PearsonCorrCoef): ...
 class _Spearman(_Scores, tmr.SpearmanCorrCoef): ...
+class _AccuracyWithInvalid(_WithInvalid, tmc.MulticlassAccuracy): ...
+class _MatthewsWithInvalid(_WithInvalid, tmc.MulticlassMatthewsCorrCoef): ...
+
+
+def _pair_lists(preds: Sequence[str], target: Sequence[str], who: str) -> tuple[list[str], list[str]]:
+    preds, target = [str(p).strip() for p in preds], [str(t).strip() for t in target]
+    if len(preds) != len(target):
+        raise ValueError(f"{who}: {len(preds)} predictions for {len(target)} targets.")
+    return preds, target
+
+
+class Rouge(tmt.ROUGEScore):
+    """ROUGE F-measures of generated texts against one reference each, keyed "rouge1", "rouge2", "rougeL"."""
+
+    def __init__(self, keys: Sequence[str] = ROUGE_KEYS) -> None:
+        # no stemmer and no rougeLsum: both need nltk, which the rest of pdspace does not
+        super().__init__(use_stemmer=False, rouge_keys=tuple(keys))
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        """Score a batch of generated texts against their references."""
+        super().update(*_pair_lists(preds, target, "Rouge"))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Mean F-measure per ROUGE key over all texts so far."""
+        values = super().compute()
+        return {k: torch.nan_to_num(values[f"{k}_fmeasure"], nan=0.0) for k in self.rouge_keys}
+
+
+class Bleu(tmt.SacreBLEUScore):
+    """Corpus BLEU (SacreBLEU, 13a tokenisation) of generated texts against one reference each, in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__(n_gram=4, smooth=False, tokenize="13a", lowercase=False)
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:  # type: ignore[override]
+        """Add a batch of generated texts and their references to the corpus counts."""
+        preds, target = _pair_lists(preds, target, "Bleu")
+        super().update(preds, [[t] for t in target])
 
 
 class ExactMatch(Metric):
@@ -282,22 +375,42 @@ class ExactMatch(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
-def make_metrics(spec: TaskSpec | str, ignore_ids: Sequence[int] = (-100,)) -> MetricCollection:
+def make_metrics(spec: TaskSpec | str, ignore_ids: Sequence[int] = (-100,), *,
+                 text_to_text: bool = False) -> MetricCollection:
     """A torchmetrics MetricCollection of the task's metrics, keyed by metric name (`add_score` adds "score").
 
-    Classification metrics take class ids or logits (ids outside the label set, e.g. an
-    undecodable text-to-text answer of -1, count as wrong); regression metrics take scores;
-    ``exact_match`` takes lists of strings or token-id tensors.
+    Classification metrics take class ids or logits; regression metrics take scores;
+    ``exact_match`` takes lists of strings or token-id tensors; ROUGE and ``bleu`` take lists
+    of generated and reference strings (one reference each).
+
+    ``text_to_text=True`` scores generated answers: an id outside the label set (an answer
+    that decodes to no label, -1) is a class of its own, exactly as scikit-learn scores
+    ``pred == -1``: wrong for ``accuracy``, its own label in ``matthews`` (multiclass
+    formula; all-invalid gives 0.0), "not positive" for binary ``f1`` (class 1), and left
+    out of the macro mean of multiclass ``f1`` (over the real labels only, each counted, as
+    sklearn's ``labels=range(n)``). The default (a classification head,
+    whose argmax is always a label) keeps torchmetrics' binary/multiclass metrics.
     """
     spec = get_task(spec)
     n = spec.num_labels
     binary = n == 2
-    build = {
-        "accuracy": lambda: _BinaryAccuracy() if binary else _MulticlassAccuracy(n, average="micro"),
-        "matthews": lambda: _BinaryMatthews() if binary else _MulticlassMatthews(n),
-        "f1": lambda: _BinaryF1() if binary else _MulticlassF1(n, average="macro"),
-        "pearson": _Pearson,
-        "spearman": _Spearman,
-        "exact_match": lambda: ExactMatch(ignore_ids),
-    }
-    return MetricCollection({m: build[m]() for m in spec.metrics})
+    if text_to_text and spec.kind == "classification":
+        build: dict[str, Callable[[], Metric]] = {
+            "accuracy": lambda: _AccuracyWithInvalid(n + 1, average="micro"),
+            "matthews": lambda: _MatthewsWithInvalid(n + 1),
+            "f1": lambda: _F1WithInvalid(n),
+        }
+    else:
+        build = {
+            "accuracy": lambda: _BinaryAccuracy() if binary else _MulticlassAccuracy(n, average="micro"),
+            "matthews": lambda: _BinaryMatthews() if binary else _MulticlassMatthews(n),
+            "f1": lambda: _BinaryF1() if binary else _MulticlassF1(n, average="macro"),
+        }
+    build.update({"pearson": _Pearson, "spearman": _Spearman, "exact_match": lambda: ExactMatch(ignore_ids),
+                  "bleu": Bleu})
+    metrics = {m: build[m]() for m in spec.metrics if m not in ROUGE_KEYS}
+    rouge = [m for m in spec.metrics if m in ROUGE_KEYS]
+    if rouge:
+        # one metric for all ROUGE keys: a dict result, which the collection flattens to its keys
+        metrics["rouge"] = Rouge(rouge)
+    return MetricCollection(metrics)
