@@ -2,11 +2,15 @@
 
 The `*-base`/`*-large`/`t5-3b` entries reproduce the hub configs' shapes, so parameter
 counts and budgets can be computed on the `meta` device and benchmarks can use random
-weights; `tiny-*` entries are small random models for tests.
+weights; `tiny-*` entries are small random models for tests. Their configs also ship as
+JSON in `pdspace/hub_configs/` under the hub ids of those checkpoints (`python -m
+pdspace.archs` rewrites them), so that a dry run of a hub backbone plans offline.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,12 +61,56 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# the hub checkpoints whose shapes ARCHITECTURES reproduces (the paths of conf/backbone/*.yaml)
+HUB_IDS: dict[str, str] = {
+    "google-t5/t5-base": "t5-base", "google-t5/t5-3b": "t5-3b",
+    "FacebookAI/roberta-base": "roberta-base", "FacebookAI/roberta-large": "roberta-large",
+    "facebook/bart-base": "bart-base", "facebook/bart-large": "bart-large",
+}
+# pre-2024 ids the hub still redirects to the organisations' repos
+HUB_ALIASES: dict[str, str] = {"t5-base": "google-t5/t5-base", "t5-3b": "google-t5/t5-3b",
+                               "roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large"}
+HUB_CONFIGS = Path(__file__).resolve().parent / "hub_configs"
+_NOTE_KEY = "_pdspace_note"
+
+
 def build_config(name: str, **overrides: Any) -> transformers.PretrainedConfig:
     """The transformers config of a named architecture, with overrides."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; use one of {', '.join(ARCHITECTURES)}")
     cls_name, kwargs = ARCHITECTURES[name]
     return getattr(transformers, cls_name)(**{**kwargs, **overrides})
+
+
+def hub_config_file(repo_id: str) -> Path:
+    """Where the shipped architecture config of a hub id lives (it may not exist)."""
+    repo_id = HUB_ALIASES.get(repo_id, repo_id)
+    return HUB_CONFIGS / f"{repo_id.replace('/', '--')}.json"
+
+
+def hub_config(repo_id: str, **overrides: Any) -> transformers.PretrainedConfig | None:
+    """The shipped architecture config of a known hub id (None for others): shapes for counting, no weights."""
+    if HUB_ALIASES.get(repo_id, repo_id) not in HUB_IDS:
+        return None
+    data = json.loads(hub_config_file(repo_id).read_text())
+    data.pop(_NOTE_KEY, None)
+    # from_dict with keyword overrides, exactly as AutoConfig.from_pretrained applies them to a config.json
+    return transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data, **overrides)
+
+
+def write_hub_configs(folder: Path = HUB_CONFIGS) -> list[Path]:
+    """Write the JSON architecture config of every hub id in HUB_IDS (the files in pdspace/hub_configs/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for repo_id, name in HUB_IDS.items():
+        config = json.loads(build_config(name).to_json_string(use_diff=False))
+        config["_name_or_path"] = repo_id
+        note = (f"architecture config of {repo_id} for counting parameters and layers offline (meta device, "
+                f"no weights); generated from pdspace.archs (build_config({name!r})), not the hub's config.json")
+        path = folder / f"{repo_id.replace('/', '--')}.json"
+        path.write_text(json.dumps({_NOTE_KEY: note, **dict(sorted(config.items()))}, indent=2) + "\n")
+        paths.append(path)
+    return paths
 
 
 def build_model(name: str, head: str = "base", device: str | torch.device | None = None,
@@ -86,3 +134,8 @@ def build_model(name: str, head: str = "base", device: str | torch.device | None
     with torch.device(device or "cpu"):
         model = auto[head].from_config(config, attn_implementation="sdpa")
     return model.eval()
+
+
+if __name__ == "__main__":
+    for written in write_hub_configs():
+        print(written)
