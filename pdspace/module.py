@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import lightning as L
 import torch
 import transformers
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 
-from pdspace.data.tasks import TaskSpec, add_score, decode_prediction, make_metrics
+from pdspace.data.tasks import TaskSpec, add_score, make_metrics, parse_prediction
 from pdspace.peft.patch import trainable_state_dict
 
 
@@ -23,13 +25,23 @@ class PEFTModule(L.LightningModule):
 
     Heads: a classification/regression head (`text_to_text=False`) scores logits directly;
     text-to-text (T5/BART) trains on target tokens and scores generated text, decoded back to
-    labels for GLUE tasks or compared as strings for seq2seq tasks.
+    labels for GLUE tasks or compared as strings for seq2seq tasks (XSum: ROUGE, objective
+    ``rougeL``, the ROUGE-L F-measure; WMT16 en-ro: SacreBLEU / 100, objective ``bleu``).
+
+    Text-to-text GLUE answers that are no label word score as wrong (a label of their own, see
+    `make_metrics`); an unparsable STS-B answer scores 0.0. Either way it counts in the per-epoch
+    ``invalid_rate``, the fraction of answers that decode to no label / no number: reported
+    next to the task's metrics, never in ``score`` and never the objective.
+
+    `generation` sets decoding (keys ``num_beams``, ``max_new_tokens``, ``length_penalty``);
+    None or a missing key: greedy, ``max_new_tokens = max_target_length``, length penalty 1.0.
     """
 
     def __init__(self, model: nn.Module, spec: TaskSpec, tokenizer: Any, *, text_to_text: bool,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, scheduler: str = "linear",
                  warmup_ratio: float = 0.0, max_target_length: int | None = None,
-                 checkpoint_path: str | Path | None = None) -> None:
+                 checkpoint_path: str | Path | None = None,
+                 generation: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         # backbones are cached in eval mode; training needs dropout back on
         self.model, self.spec, self.tokenizer = model.train(), spec, tokenizer
@@ -38,7 +50,10 @@ class PEFTModule(L.LightningModule):
         self.scheduler, self.warmup_ratio = scheduler, warmup_ratio
         self.max_target_length = max_target_length or spec.max_target_length
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        self.metrics = make_metrics(spec)
+        self.metrics = make_metrics(spec, text_to_text=self.text_to_text)
+        self.generation = _generation_kwargs(generation, self.max_target_length)
+        # seq2seq answers are free text: any string is an answer, so only labels/scores can be invalid
+        self.invalid_rate = MeanMetric() if self.text_to_text and spec.kind != "seq2seq" else None
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self._val_loss: list[torch.Tensor] = []
@@ -64,19 +79,25 @@ class PEFTModule(L.LightningModule):
             self.metrics.update(preds, batch["labels"])
             return
         generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        max_new_tokens=self.max_target_length, do_sample=False, num_beams=1)
+                                        do_sample=False, **self.generation)
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         if self.spec.kind == "seq2seq":
             self.metrics.update([t.strip() for t in texts], list(batch["gold"]))
             return
         gold = batch["gold"]
-        preds = torch.tensor([decode_prediction(self.spec, t) for t in texts], device=gold.device,
-                             dtype=gold.dtype)
+        parsed = [parse_prediction(self.spec, t) for t in texts]
+        preds = torch.tensor([p for p, _ in parsed], device=gold.device, dtype=gold.dtype)
         self.metrics.update(preds, gold)
+        if self.invalid_rate is not None:
+            self.invalid_rate.update(torch.tensor([float(not ok) for _, ok in parsed], device=gold.device))
 
     def on_validation_epoch_end(self) -> None:
         values = add_score(self.spec, {k: v.item() for k, v in self.metrics.compute().items()})
         self.metrics.reset()
+        if self.invalid_rate is not None and self.invalid_rate.update_called:
+            # added after `add_score`: a diagnostic, not part of the task's score
+            values["invalid_rate"] = self.invalid_rate.compute().item()
+            self.invalid_rate.reset()
         values = {k: (0.0 if math.isnan(v) else v) for k, v in values.items()}
         if self._val_loss:
             values["loss"] = torch.stack(self._val_loss).mean().item()
@@ -88,6 +109,8 @@ class PEFTModule(L.LightningModule):
         self.history.append(values)
         # the values come from synced torchmetrics already; sync_dist only keeps Lightning quiet under DDP
         self.log_dict({f"val/{k}": v for k, v in values.items() if k not in ("epoch", "step")}, sync_dist=True)
+        # one key for every task (W&B keeps its max), so dashboards sort any sweep by it
+        self.log("objective", values[self.objective], sync_dist=True)
         if self.best is None or values[self.objective] > self.best[self.objective]:
             self.best = dict(values)
             self.log("val/best_" + self.objective, values[self.objective], sync_dist=True)
@@ -95,18 +118,45 @@ class PEFTModule(L.LightningModule):
                 torch.save({"state_dict": trainable_state_dict(self.model), "epoch": self.current_epoch,
                             "metrics": values}, self.checkpoint_path)
 
-    # Lightning checkpoints (resume) hold only what training changes: the trainable tensors, the
-    # optimizer and loop state, and the metric history; the frozen backbone is rebuilt by the job
+    # Lightning checkpoints (resume) hold only what training changes: the trainable tensors, the optimizer
+    # and loop state, the metric history and the RNG states; the frozen backbone is rebuilt by the job.
+    # Lightning's strict loading would demand the frozen weights too: on_load_checkpoint checks the keys.
     strict_loading = False
 
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["pdspace"] = {"history": self.history, "best": self.best}
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["pdspace"] = {"history": self.history, "best": self.best, "rng": rng}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
+        if saved != expected:
+            missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+            raise ValueError(
+                f"the checkpoint's trainable tensors do not match this patched model (missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}; {len(missing)} and {len(unexpected)} in all): it was made with another "
+                "design or settings; resume with the run's own settings, or delete its checkpoints/ to start over")
         state = checkpoint.get("pdspace", {})
         self.history, self.best = list(state.get("history", [])), state.get("best")
+        # dropout and the rest continue the stream of the interrupted run
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        # the data continues where the run stopped: the epoch's order, minus the batches already trained
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        done = progress.get("current", {}).get("processed", 0)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(checkpoint.get("epoch", 0), done)
 
     def fit_state(self) -> dict[str, Any]:
         """The metric history and the best epoch (what result.json reports)."""
@@ -123,6 +173,26 @@ class PEFTModule(L.LightningModule):
         schedule = transformers.get_scheduler(self.scheduler, optimizer, num_warmup_steps=int(self.warmup_ratio * total),
                                               num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+GENERATION_KEYS = ("num_beams", "max_new_tokens", "length_penalty")
+
+
+def _generation_kwargs(generation: Mapping[str, Any] | None, max_target_length: int) -> dict[str, Any]:
+    """Keyword arguments for `generate` from a task's `generation` block (missing keys: greedy decoding)."""
+    given = dict(generation or {})
+    unknown = sorted(set(given) - set(GENERATION_KEYS))
+    if unknown:
+        raise ValueError(f"generation: unknown key(s) {unknown}; use {list(GENERATION_KEYS)}.")
+    # a null in the task config means "the default", as a missing key does
+    defaults = {"num_beams": 1, "max_new_tokens": max_target_length, "length_penalty": 1.0}
+    out = {k: d if given.get(k) is None else given[k] for k, d in defaults.items()}
+    out = {"num_beams": int(out["num_beams"]), "max_new_tokens": int(out["max_new_tokens"]),
+           "length_penalty": float(out["length_penalty"])}
+    if out["num_beams"] < 1 or out["max_new_tokens"] < 1:
+        raise ValueError(f"generation: num_beams and max_new_tokens must be >= 1, got {out['num_beams']} and "
+                         f"{out['max_new_tokens']}.")
+    return out
 
 
 class EvalTimer(L.Callback):
@@ -149,3 +219,34 @@ class FitState(L.Callback):
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(module.fit_state(), default=float))
             tmp.replace(self.path)
+
+
+class ResumeCheckpoint(L.Callback):
+    """Keeps `<run dir>/checkpoints/last.ckpt` for resuming: every `every_n_steps` optimiser steps inside an
+    epoch, and after every validation.
+
+    Never on an epoch's last batch: that checkpoint comes before the epoch's validation, and a run
+    resumed from it would skip that validation. The file is replaced atomically.
+    """
+
+    def __init__(self, path: str | Path, every_n_steps: int) -> None:
+        self.path, self.every = Path(path), max(1, int(every_n_steps))
+        self._last_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        self._last_step = trainer.global_step
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            tmp.replace(self.path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if step and step % self.every == 0 and step != self._last_step and not last_batch:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer)

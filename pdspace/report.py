@@ -1,10 +1,11 @@
 """`pdspace-report RUN_DIRS...`: the paper's results table from finished runs' `result.json` files.
 
-Rows are (method, backbone), columns the tasks and their average. A cell is the task's objective
-x 100, mean ± sample standard deviation (ddof=1; one run shows no ±) over the row's completed
-runs on that task (its seeds), with their number n. The average is the mean over tasks of the cell
-means, given only when the row has every task of the table. Runs that did not complete are left
-out and counted in a footnote.
+A row is one design on one backbone, with its method label: runs of different designs never share
+a cell (a preset swept over strategies gives one row per strategy). Columns are the tasks and their
+average. A cell is the task's objective x 100, mean ± sample standard deviation (ddof=1; one run
+shows no ±) over the row's completed runs on that task (its seeds), with their number n. The
+average is the mean over tasks of the cell means, given only when the row has every task of the
+table. Runs that did not complete, and unreadable result files, are counted in a footnote.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdspace.train import RESULT_FILE, wandb_mode
+from pdspace import results as results_io
+from pdspace.results import RESULT_FILE
+from pdspace.tracking import wandb_mode
 
 MISSING = "–"
 # the paper's column order (GLUE as in its tables); other tasks follow alphabetically
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 NOTE = ("Cells: objective × 100, mean ± sample std (ddof=1) over seeds, n = completed runs; average = mean of "
-        "the task means, only for rows with every task; trainable % = trainable PEFT params / backbone params.")
+        "the task means, only for rows with every task; trainable % = trainable PEFT params / backbone params "
+        "(task head apart; † = below the budget: fixed-size modules such as BitFit cannot use all of it).")
 
 
 @dataclass
@@ -37,8 +41,10 @@ class Row:
 
     method: str
     backbone: str
+    design: str = "-"
     values: dict[str, list[float]] = field(default_factory=dict)
     fractions: list[float] = field(default_factory=list)
+    below_budget: bool = False
 
     def mean(self, task: str) -> float | None:
         """Mean over runs of `task` (None when the row has no run of it)."""
@@ -69,16 +75,12 @@ class Report:
     tasks: list[str]
     excluded: dict[str, int]
     n_files: int
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 def find_results(paths: Sequence[str | Path]) -> list[Path]:
     """Every `result.json` under `paths` (recursively; a path may also be a result.json itself)."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
-        found += [p] if p.is_file() else sorted(p.rglob(RESULT_FILE))
-    return sorted(set(found))
+    return results_io.find(paths)
 
 
 def lookup(result: Mapping[str, Any], key: str) -> Any:
@@ -92,7 +94,7 @@ def lookup(result: Mapping[str, Any], key: str) -> Any:
 
 
 def method_of(result: Mapping[str, Any], key: str | None = None) -> str:
-    """The row name: `key`'s value; by default labels.method, else the preset's `method`, else the design id."""
+    """The method label: `key`'s value; by default labels.method, else the preset's `method`, else the design id."""
     if key:
         value = lookup(result, key)
     else:
@@ -107,9 +109,10 @@ def _task_key(task: str) -> tuple[int, str]:
     return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
 
 
-def build(results: Sequence[Mapping[str, Any]], method_key: str | None = None) -> Report:
-    """Group completed runs into rows; count the others by status."""
-    rows: dict[tuple[str, str], Row] = {}
+def build(results: Sequence[Mapping[str, Any]], method_key: str | None = None,
+          unreadable: Sequence[tuple[str, str]] = ()) -> Report:
+    """Group completed runs into rows, one per (method label, backbone, design); count the others by status."""
+    rows: dict[tuple[str, str, str], Row] = {}
     excluded: dict[str, int] = {}
     tasks: set[str] = set()
     for r in results:
@@ -121,13 +124,16 @@ def build(results: Sequence[Mapping[str, Any]], method_key: str | None = None) -
             excluded[str(status)] = excluded.get(str(status), 0) + 1
             continue
         method, backbone, task = method_of(r, method_key), str(r.get("backbone", "?")), str(r.get("task", "?"))
-        row = rows.setdefault((method, backbone), Row(method, backbone))
+        design = str(r.get("design_id") or "-")
+        row = rows.setdefault((method, backbone, design), Row(method, backbone, design))
         row.values.setdefault(task, []).append(float(value) * 100)
         fraction = lookup(r, "params.fraction")
         if isinstance(fraction, (int, float)):
             row.fractions.append(float(fraction))
+        row.below_budget |= bool(lookup(r, "params.below_budget"))
         tasks.add(task)
-    return Report([rows[k] for k in sorted(rows)], sorted(tasks, key=_task_key), excluded, len(results))
+    return Report([rows[k] for k in sorted(rows)], sorted(tasks, key=_task_key), excluded,
+                  len(results) + len(unreadable), list(unreadable))
 
 
 def _num(x: float | None, digits: int) -> str:
@@ -145,8 +151,9 @@ def cell(row: Row, task: str) -> str:
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows of the markdown table."""
-    header = ["method", "backbone", "trainable %", *report.tasks, "average"]
-    body = [[row.method, row.backbone, _num(row.trainable_pct, 3), *(cell(row, t) for t in report.tasks),
+    header = ["method", "backbone", "design", "trainable %", *report.tasks, "average"]
+    body = [[row.method, row.backbone, "" if row.design == row.method else row.design,
+             _num(row.trainable_pct, 3) + (" †" if row.below_budget else ""), *(cell(row, t) for t in report.tasks),
              _num(row.average(report.tasks), 1)] for row in report.rows]
     return header, body
 
@@ -157,13 +164,16 @@ def footnotes(report: Report) -> list[str]:
     if report.excluded:
         parts = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
         notes.append(f"Excluded: {parts} of {report.n_files} runs (not completed).")
+    if report.unreadable:
+        notes.append(f"Unreadable: {len(report.unreadable)} result files ("
+                     + "; ".join(f"{p}: {why}" for p, why in report.unreadable[:5]) + ").")
     return notes
 
 
 def to_markdown(report: Report) -> str:
     """The table as markdown, with its footnotes."""
     header, body = table_rows(report)
-    align = ["---", "---"] + ["---:"] * (len(header) - 2)
+    align = ["---", "---", "---"] + ["---:"] * (len(header) - 3)
     lines = ["| " + " | ".join(cells) + " |" for cells in (header, align, *body)]
     return "\n".join(lines + [""] + footnotes(report)) + "\n"
 
@@ -175,21 +185,15 @@ def to_csv(report: Report) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", "backbone", "trainable_pct"]
+    writer.writerow(["method", "backbone", "design", "trainable_pct"]
                     + [f"{t}{s}" for t in report.tasks for s in ("", "_std", "_n")] + ["average"])
     for row in report.rows:
         cells = []
         for t in report.tasks:
             cells += [num(row.mean(t)), num(row.std(t)), str(len(row.values.get(t, [])))]
-        writer.writerow([row.method, row.backbone, num(row.trainable_pct), *cells, num(row.average(report.tasks))])
+        writer.writerow([row.method, row.backbone, row.design, num(row.trainable_pct), *cells,
+                         num(row.average(report.tasks))])
     return out.getvalue()
-
-
-def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The parsed result files; unreadable ones are skipped with a warning."""
-    from pdspace.refine import read_results
-
-    return read_results(paths)
 
 
 def log_wandb(report: Report) -> None:
@@ -221,10 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = find_results(args.run_dirs)
             if not paths:
                 raise FileNotFoundError(f"no {RESULT_FILE} found under {', '.join(args.run_dirs)}")
-            results = load(paths)
+            results, unreadable = results_io.read_all(paths)
             if not results:
                 raise FileNotFoundError(f"no readable {RESULT_FILE} under {', '.join(args.run_dirs)}")
-            report, error = build(results, args.method_key), None
+            report, error = build(results, args.method_key, unreadable), None
         except OSError as e:
             error = e
     for w in caught:

@@ -1,21 +1,28 @@
 """`pdspace-train`: the Hydra entry point. One job = compose -> design -> patch -> train -> result.json.
 
-A failing job writes `status: failed` (with the error) to its `result.json`; in a multirun
-it returns NaN so the other jobs go on, in a single run it exits with one error line.
+A job dir holds one run: its `result.json` (status `running` while it trains), its resume
+checkpoint and its W&B run. A failing job writes `status: failed` (with the error); an
+interrupted one (SIGINT, SIGTERM) `status: interrupted`. In a multirun a failed job returns NaN
+so the other jobs go on; a single run exits with one error line. A job dir that already holds
+a completed run with the same settings is not trained again; one made with other settings is
+refused, naming the keys that differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import netrc
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,32 +31,33 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from pdspace import results, tracking
+from pdspace.config import check_config, differing_keys, fingerprint, one_line_errors, plain
 from pdspace.design.space import Design, DesignSpace
+from pdspace.errors import PDSpaceError
+from pdspace.results import RESULT_FILE
 
 log = logging.getLogger("pdspace")
 # the packaged configs (pdspace/conf links to the top-level conf/)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "best_trainable.pt"
 FIT_STATE_FILE = "fit_state.json"
 VERSIONED = ("pdspace", "torch", "lightning", "transformers", "hydra-core", "omegaconf", "datasets",
              "torchmetrics", "wandb")
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
 def build_design(cfg: DictConfig, num_layers: int) -> Design:
-    """The run's design: each dimension's `choice` is a value or a constraint sampled with `seed`."""
-    space = DesignSpace(num_layers, int(cfg.num_groups), grouping=_plain(cfg.grouping.choice),
-                        allocation=_plain(cfg.allocation.choice), tunable=_plain(cfg.tunable.choice),
-                        strategies=_plain(cfg.strategy.choice))
-    return space.sample_one(random.Random(int(cfg.seed)))
+    """The run's design: each dimension's `choice` is a value, or a constraint drawn from with `design_seed`.
+
+    The training `seed` plays no part, so a sweep over `seed` repeats one design.
+    """
+    space = DesignSpace(num_layers, int(cfg.num_groups), grouping=plain(cfg.grouping.choice),
+                        allocation=plain(cfg.allocation.choice), tunable=plain(cfg.tunable.choice),
+                        strategies=plain(cfg.strategy.choice))
+    return space.sample_one(random.Random(int(cfg.design_seed)))
 
 
 def design_dims(design: Design) -> dict[str, Any]:
@@ -116,24 +124,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def finite(x: Any) -> Any:
-    """`x` with non-finite floats as None (JSON has no NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [finite(v) for v in x]
-    return x
-
-
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Write `result.json` atomically (a sweep reader never sees half a file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(finite(result), indent=2, default=str))
-    tmp.replace(path)
-
-
 def _global_rank() -> int:
     # SLURM-managed tasks (one process per GPU) each run the whole job; only rank 0 reports
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
@@ -147,56 +137,6 @@ def _output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.get("output_dir") or ".")
-
-
-def wandb_mode(explicit: str | None) -> str:
-    """The W&B mode to use: the explicit one, $WANDB_MODE, online with an API key, else offline."""
-    if explicit:
-        return explicit
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    # no API key: keep the run locally; `wandb sync` uploads it later
-    return "offline"
-
-
-def make_loggers(cfg: DictConfig, out: Path, run_name: str) -> list[Any]:
-    """Instantiate the configured Lightning loggers with pdspace's defaults filled in."""
-    loggers = []
-    for key, conf in (cfg.get("logger") or {}).items():
-        conf = OmegaConf.to_container(conf, resolve=True)
-        target = conf.get("_target_", "")
-        if conf.get("save_dir") is None:
-            conf["save_dir"] = str(out)
-        if target.endswith("WandbLogger"):
-            conf["mode"] = wandb_mode(conf.get("mode"))
-            if conf.get("group") is None and _in_multirun():
-                conf["group"] = Path(HydraConfig.get().sweep.dir).name
-            conf["name"] = conf.get("name") or run_name
-        logger = hydra.utils.instantiate(conf)
-        if target.endswith("WandbLogger"):
-            # start the W&B run now, so that a job failing before training still shows up (as failed)
-            logger.experiment
-        loggers.append(logger)
-    return loggers
-
-
-def _finish(loggers: list[Any], failed: bool) -> None:
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            import wandb
-
-            # a failed job still ends its W&B run, marked failed, so dashboards show it
-            if wandb.run is not None:
-                wandb.finish(exit_code=1 if failed else 0)
-        else:
-            lg.finalize("failed" if failed else "success")
 
 
 class _Clock:
@@ -229,34 +169,122 @@ def _precision(trainer_cfg: DictConfig) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
+class JobFailed(RuntimeError):
+    """A single run failed; its result.json holds the traceback (`path`; None for a user error, whose message
+    names the fix)."""
+
+    def __init__(self, error: str, path: Path | None) -> None:
+        super().__init__(error)
+        self.path = path
+
+
+class JobRefused(RuntimeError):
+    """The job was not run and nothing was written: its dir is busy or holds a run with other settings."""
+
+
+class JobInterrupted(BaseException):
+    """SIGTERM reached a running job (a BaseException, like KeyboardInterrupt, so nothing swallows it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    # SIGTERM (a scheduler's stop, `kill`) ends the job like Ctrl-C does: result.json says interrupted
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise JobInterrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prior(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run already in `out` (None: none, or unreadable); refuses one made with other settings."""
+    path = out / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        prior = results.read(path)
+    except results.ResultError:
+        return None  # half a file from a killed process: run the job again
+    old = prior.get("config")
+    if prior["status"] != "dry_run" and isinstance(old, dict) and fingerprint(old) != fingerprint(config):
+        keys = differing_keys(old, config)
+        raise JobRefused(f"{out} holds a {prior['status']} run made with other settings ({'; '.join(keys[:8])}"
+                         f"{' ...' if len(keys) > 8 else ''}); relaunch with the same settings to resume it, or "
+                         "choose a new dir (hydra.run.dir / hydra.sweep.dir)")
+    return prior
+
+
+def _where(out: Path) -> str:
+    return f"run dir {out}; result {out / RESULT_FILE}"
+
+
 def run(cfg: DictConfig) -> float:
-    """One job: returns the best value of the task's objective (NaN when the job failed)."""
+    """One job: returns the best value of the task's objective (NaN when the job failed or was not run)."""
     out = _output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    rank0 = _global_rank() == 0
+    try:
+        with results.job_lock(out) if rank0 else contextlib.nullcontext():
+            config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            prior = _prior(out, config) if rank0 else None
+            if prior is not None and prior["status"] == "completed":
+                log.info("already completed with the same settings, not trained again; %s", _where(out))
+                value = results.objective(prior)
+                return float("nan") if value is None else value
+            return _job(cfg, out, config, prior, rank0)
+    except (results.JobBusy, JobRefused) as e:
+        if not _in_multirun():
+            sys.exit(f"pdspace-train: error: {e}")
+        log.error("job not run: %s", e)
+        return float("nan")
+
+
+def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, Any] | None, rank0: bool) -> float:
     clock = _Clock()
+    wandb_id = ((prior or {}).get("tracking") or {}).get("wandb_id") or tracking.new_run_id()
     result: dict[str, Any] = {
-        "status": "running", "error": None, "seed": int(cfg.seed), "task": cfg.task.name,
-        "backbone": cfg.backbone.name, "budget_fraction": cfg.budget_fraction, "output_dir": str(out),
+        "status": "running", "error": None, "seed": cfg.seed, "design_seed": cfg.design_seed,
+        "task": OmegaConf.select(cfg, "task.name"), "backbone": OmegaConf.select(cfg, "backbone.name"),
+        "budget_fraction": cfg.budget_fraction, "output_dir": str(out),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "labels": _plain(cfg.get("labels")) or {}, "method": _method(cfg),
-        "host": {"hostname": platform.node(), "pid": os.getpid()},
+        "labels": plain(cfg.get("labels")) or {}, "method": _method(cfg),
+        "host": {"hostname": platform.node(), "pid": os.getpid()}, "config": config,
+        "fingerprint": fingerprint(config), "tracking": {"wandb_id": wandb_id},
     }
+    if rank0:
+        results.write(out / RESULT_FILE, result)
     loggers: list[Any] = []
-    failed = False
     try:
-        result["config"] = OmegaConf.to_container(cfg, resolve=True)
-        run_name = f"{cfg.task.name}.{cfg.backbone.name}.seed{cfg.seed}"
-        if cfg.get("space") and not _in_multirun():
-            log.warning("space=%s samples designs only in a multirun (add -m); this run trains the design "
-                        "the dimension groups give", cfg.space.get("name"))
-        if not cfg.dry_run:
-            loggers = make_loggers(cfg, out, run_name)
-        objective = _run(cfg, out, result, loggers, clock)
+        with _sigterm_interrupts():
+            check_config(cfg)
+            if cfg.get("space") and not _in_multirun():
+                log.warning("space=%s samples designs only in a multirun (add -m); this run trains the design "
+                            "the dimension groups give", cfg.space.get("name"))
+            if not cfg.dry_run and rank0:
+                group = Path(HydraConfig.get().sweep.dir).name if _in_multirun() else None
+                loggers = tracking.make_loggers(cfg.get("logger"), out, name=f"{cfg.task.name}.{out.name}",
+                                                group=group, run_id=wandb_id, config=config)
+            objective = _run(cfg, out, result, loggers, clock)
+    except (JobInterrupted, KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns Ctrl-C into SystemExit(1) after its own clean-up
+        result["status"] = "interrupted"
+        result["error"] = f"interrupted ({e if isinstance(e, JobInterrupted) else 'SIGINT'})"
+        log.error("job interrupted; relaunch it in the same dir to resume from its last checkpoint (%s)",
+                  "same hydra.sweep.dir" if _in_multirun() else f"hydra.run.dir={out}")
+        raise
     except Exception as e:  # noqa: BLE001 - every failure must end in result.json
-        failed = True
         result["status"] = "failed"
-        result["error"] = f"{type(e).__name__}: {e}"
+        # a user error's message names the fix; anything else keeps its type (the traceback is in result.json)
+        result["user_error"] = isinstance(e, PDSpaceError)
+        result["error"] = str(e) if result["user_error"] else f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
         objective = float("nan")
         if _in_multirun():
@@ -265,20 +293,13 @@ def run(cfg: DictConfig) -> float:
         clock.lap("teardown")
         result["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result["timings"] = {**result.get("timings", {}), "total_s": time.perf_counter() - clock.t0}
-        if _global_rank() == 0:
-            write_result(out / RESULT_FILE, result)
-        _finish(loggers, failed)
-    if failed and not _in_multirun():
-        raise JobFailed(result["error"], out / RESULT_FILE)
+        if rank0:
+            results.write(out / RESULT_FILE, result)
+            log.info("%s: %s", result["status"], _where(out))
+        tracking.finish(loggers, result["status"])
+    if result["status"] == "failed" and not _in_multirun():
+        raise JobFailed(result["error"], None if result.get("user_error") else out / RESULT_FILE)
     return objective
-
-
-class JobFailed(RuntimeError):
-    """A single run failed; its result.json holds the traceback."""
-
-    def __init__(self, error: str, path: Path) -> None:
-        super().__init__(error)
-        self.path = path
 
 
 def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any], clock: _Clock) -> float:
@@ -294,7 +315,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     bb = load_backbone(bb_cfg.name, bb_cfg.path, arch=bb_cfg.arch, tokenizer=bb_cfg.tokenizer,
                        num_labels=spec.num_labels if spec.kind == "classification" else 1,
                        text_to_text=True if spec.kind == "seq2seq" else None, seed=int(cfg.seed),
-                       overrides=_plain(bb_cfg.get("overrides")) or None, meta=bool(cfg.dry_run))
+                       overrides=plain(bb_cfg.get("overrides")) or None, meta=bool(cfg.dry_run))
     result["backbone_cached"] = bb.cached
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
     if peft.pop("full_finetune", False):
@@ -307,6 +328,10 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         result.update(design_id=str(design), design=design.to_dict(), design_dims=design_dims(design))
         report = apply_design(bb.model, design, cfg.budget_fraction, **peft)
     result["params"] = {k: v for k, v in report.to_dict().items() if k != "design"}
+    tracking.describe(loggers, name=f"{cfg.task.name}.{result['design_id']}.seed{cfg.seed}",
+                      config={**{f"design/{k}": v for k, v in result["design_dims"].items()},
+                              **{f"params/{k}": result["params"][k] for k in ("backbone_params", "trainable_params",
+                                                                              "head_params", "fraction")}})
     clock.lap("model_s")
     if cfg.dry_run:
         print(report.table())
@@ -315,7 +340,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         return float("nan")
 
     from pdspace.data import PDSpaceDataModule
-    from pdspace.module import EvalTimer, FitState, PEFTModule
+    from pdspace.module import EvalTimer, FitState, PEFTModule, ResumeCheckpoint
 
     log.info("%s on %s\n%s", cfg.task.name, cfg.backbone.name, report.table())
 
@@ -327,7 +352,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
         subset_seed=cfg.data.subset_seed, glue_dir=task.get("glue_dir"),
         files={"train": task.train, "validation": task.validation} if task.name == "files" else None,
-        cache_dir=cfg.data.cache_dir, synthetic_size=task.get("synthetic_size"))
+        cache_dir=cfg.data.cache_dir, synthetic_size=task.get("synthetic_size"), seed=int(cfg.seed))
     dm.setup("fit")
     result["data"] = {"rows": dm.num_rows, "cache": dm.cache_info}
     clock.lap("data_s")
@@ -336,12 +361,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=bb.text_to_text,
                         optimizer=hydra.utils.instantiate(cfg.optimizer), scheduler=cfg.scheduler.name,
                         warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=task.get("max_target_length"),
-                        checkpoint_path=ckpt)
-    hparams = {**result["config"], **{f"design/{k}": v for k, v in result["design_dims"].items()},
-               **{f"params/{k}": result["params"][k] for k in ("backbone_params", "trainable_params",
-                                                                "head_params", "fraction")}}
-    for lg in loggers:
-        lg.log_hyperparams(hparams)
+                        checkpoint_path=ckpt, generation=plain(task.get("generation")))
     timer = EvalTimer()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
         timer, FitState(out / FIT_STATE_FILE)]
@@ -349,29 +369,28 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     trainer_cfg.update(precision=_precision(cfg.trainer), default_root_dir=str(out))
     resume = cfg.get("ckpt_path")
     if resume:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        # last.ckpt only (trainable tensors + optimizer + loops), refreshed every few steps
-        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                         every_n_train_steps=int(cfg.checkpoint_every_n_steps)))
-        trainer_cfg["enable_checkpointing"] = True
-        found = sorted((out / "checkpoints").glob("last*.ckpt"))
-        if found:
-            step = torch.load(found[-1], map_location="cpu", weights_only=False).get("global_step")
-            result["resumed_from"] = {"path": str(found[-1]), "global_step": step}
-            log.info("resuming from %s (step %s)", found[-1], step)
+        # last.ckpt (trainable tensors, optimizer, loops, RNG, metric history), every few steps and after each
+        # validation; a relaunch continues from it at the same batch
+        last = out / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(ResumeCheckpoint(last, int(cfg.checkpoint_every_n_steps)))
+        if last.exists():
+            step = torch.load(last, map_location="cpu", weights_only=False).get("global_step")
+            result["resumed_from"] = {"path": str(last), "global_step": step}
+            log.info("resuming from %s (step %s)", last, step)
     trainer = hydra.utils.instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                       enable_progress_bar=bool(cfg.get("callbacks")))
     result["batch"] = set_accumulation(trainer, int(cfg.data.batch_size), cfg.data.get("effective_batch_size"))
     clock.lap("setup_s")
-    trainer.fit(module, datamodule=dm, ckpt_path=resume if resume and result.get("resumed_from") else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=(result.get("resumed_from") or {}).get("path"))
     clock.lap("fit_s")
     if not module.history and (out / FIT_STATE_FILE).exists():
         # a spawning strategy (ddp_spawn) trained copies of the module: rank 0 left its metrics on disk
         state = json.loads((out / FIT_STATE_FILE).read_text())
         module.history, module.best = state["history"], state["best"]
     if not module.history:
-        raise RuntimeError("training ended without a validation epoch; set trainer.limit_val_batches > 0")
+        raise RuntimeError("training ended without a validation epoch; set trainer.limit_val_batches > 0 and "
+                           "trainer.max_epochs >= 1")
     fit = clock.marks.pop("fit_s")
     result["timings"] = {**clock.marks, "train_s": fit - timer.seconds, "eval_s": timer.seconds}
     result["metrics"] = {"per_epoch": module.history, "best": module.best}
@@ -384,23 +403,6 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     result["status"] = "completed"
     log.info("best %s = %.4f (epoch %d)", module.objective, best, module.best["epoch"])
     return best
-
-
-class SweepSummary(Callback):
-    """At the end of a multirun, print one line per job from the jobs' result.json files."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        paths = sorted(sweep.glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name))
-        rows = [json.loads(p.read_text()) for p in paths]
-        done = sum(r.get("status") == "completed" for r in rows)
-        lines = [f"sweep {sweep}: {done}/{len(rows)} jobs completed"]
-        for r in rows:
-            value = (r.get("objective") or {}).get("value")
-            shown = f"{value:.4f}" if isinstance(value, float) else "-"
-            lines.append(f"  {Path(r['output_dir']).name:>4} {r['status']:<9} {shown:>8}  {r.get('design_id', '-')}"
-                         + (f"  ({r['error']})" if r.get("error") else ""))
-        log.info("\n".join(lines))
 
 
 def _quiet() -> None:
@@ -423,30 +425,18 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)
     except JobFailed as e:
         # SystemExit passes through Hydra's handler: one error line instead of a traceback wall
-        sys.exit(f"pdspace-train: error: {e}\n(traceback in {e.path})")
+        sys.exit(f"pdspace-train: error: {e}" + (f" (traceback in {e.path})" if e.path else ""))
 
 
 def cli() -> None:
-    """Console script `pdspace-train`: a failed single run exits 1 with one error line."""
+    """Console script `pdspace-train`: bad input and a failed single run exit 1 with one error line."""
     _quiet()
-    _check_overrides(sys.argv[1:])
-    main()
-
-
-def _check_overrides(argv: list[str]) -> None:
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    overrides = get_args_parser().parse_known_args(argv)[0].overrides
-    for override in overrides:
+    with one_line_errors("pdspace-train"):
         try:
-            OverridesParser.create().parse_overrides([override])
-        except OverrideParseException as e:
-            reason = str(e).splitlines()[0]
-            sys.exit(f"pdspace-train: error: malformed override {override!r} ({reason}); write key=value, "
-                     "quote lists for the shell (e.g. 'grouping.choice=[1,2,2,1]'), see "
-                     "https://hydra.cc/docs/advanced/override_grammar/basic/")
+            main()
+        except JobInterrupted as e:
+            sys.stderr.write(f"pdspace-train: interrupted by {e}\n")
+            raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

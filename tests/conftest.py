@@ -68,10 +68,12 @@ def launch(tmp_path, monkeypatch):
         from hydra.core.global_hydra import GlobalHydra
 
         from pdspace import train
+        from pdspace.config import one_line_errors
 
         GlobalHydra.instance().clear()
         try:
-            train.main()
+            with one_line_errors("pdspace-train"):  # errors as the console script reports them
+                train.main()
         finally:
             GlobalHydra.instance().clear()
         root = tmp_path / ("sweep" if multirun else "run")

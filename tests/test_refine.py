@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pdspace.design.space import Design
-from pdspace.refine import (
+from pdspace.search.refine import (
     RefineCallback,
     analyse,
     format_table,
@@ -61,7 +61,7 @@ def test_winner_is_the_mean_over_tasks(sweep):
     sweep.add(0.5, alloc="uniform", task="rte")
     sweep.add(0.8, alloc="increasing")
     sweep.add(0.7, alloc="increasing", task="rte")
-    a = analyse(load_results(sweep.path), "allocation")
+    a = analyse(load_results(sweep.path)[0], "allocation")
     assert a.winner == "increasing"
     assert a.tasks == ["rte", "sst2"] and a.metrics == ["accuracy"] and a.n_completed == 7
     assert a.option("uniform").mean == pytest.approx(0.7)
@@ -76,20 +76,21 @@ def test_ties_go_to_median_then_count_then_name(tmp_path):
         s.add(v, alloc="uniform")
     for v in (0.375, 0.5, 0.625):
         s.add(v, alloc="decreasing")
-    assert analyse(load_results(s.path), "allocation").winner == "uniform"
+    assert analyse(load_results(s.path)[0], "allocation").winner == "uniform"
     s = Sweep(tmp_path / "count").add(0.5, alloc="decreasing").add(0.5, alloc="uniform").add(0.5, alloc="uniform")
-    assert analyse(load_results(s.path), "allocation").winner == "uniform"
+    assert analyse(load_results(s.path)[0], "allocation").winner == "uniform"
     s = Sweep(tmp_path / "name").add(0.5, alloc="uniform").add(0.5, alloc="decreasing")
-    assert analyse(load_results(s.path), "allocation").winner == "decreasing"
+    assert analyse(load_results(s.path)[0], "allocation").winner == "decreasing"
 
 
 def test_failed_and_nan_results_are_counted_not_used(sweep):
     sweep.add(0.6, alloc="uniform").add(status="failed", alloc="uniform")
     sweep.add(float("nan"), alloc="decreasing").add(None, alloc="decreasing").add(status="failed", alloc="decreasing")
     sweep.add(0.99, status="dry_run", alloc="increasing")
-    a = analyse(load_results(sweep.path), "allocation")
+    a = analyse(load_results(sweep.path)[0], "allocation")
     assert a.winner == "uniform"
-    assert (a.n_results, a.n_completed, a.n_failed) == (6, 1, 5)
+    # the dry run is neither a result nor a failure
+    assert (a.n_results, a.n_completed, a.n_failed) == (5, 1, 4)
     assert (a.option("uniform").n, a.option("uniform").failed) == (1, 1)
     dec = a.option("decreasing")
     assert (dec.n, dec.failed) == (0, 3) and math.isnan(dec.mean)
@@ -101,14 +102,14 @@ def test_failed_and_nan_results_are_counted_not_used(sweep):
 def test_no_completed_results_and_unknown_dimension(sweep):
     sweep.add(status="failed")
     with pytest.raises(ValueError, match="no completed results"):
-        analyse(load_results(sweep.path), "grouping")
+        analyse(load_results(sweep.path)[0], "grouping")
     with pytest.raises(ValueError, match="grouping, allocation, tunable or strategy_g1"):
         option_of({}, "width")
 
 
 def test_single_option_wins(sweep):
     sweep.add(0.4).add(0.5, task="rte")
-    a = analyse(load_results(sweep.path), "tunable")
+    a = analyse(load_results(sweep.path)[0], "tunable")
     assert a.winner == "1111" and len(a.options) == 1 and "only one option" in a.note
 
 
@@ -116,9 +117,14 @@ def test_unreadable_result_is_skipped(sweep):
     sweep.add(0.4)
     (sweep.path / "9").mkdir()
     (sweep.path / "9" / "result.json").write_text("{half")
-    with pytest.warns(UserWarning, match="skipping unreadable"):
-        results = load_results(sweep.path)
+    results, unreadable = load_results(sweep.path)
     assert len(results) == 1 and results[0]["_path"].endswith("0/result.json")
+    assert [p for p, _ in unreadable] == [str(sweep.path / "9" / "result.json")]
+    # the report counts it instead of dropping it silently
+    with pytest.warns(UserWarning, match="unreadable result file"):
+        a = refine(sweep.path, "tunable")
+    assert list(a.unreadable) == [str(sweep.path / "9" / "result.json")]
+    assert "1 unreadable result files" in (sweep.path / "refine_report.md").read_text()
 
 
 def test_grouping_from_labels_or_design():
@@ -139,7 +145,7 @@ def test_grouping_from_labels_or_design():
 def test_grouping_labels_decide_the_winner(sweep):
     sweep.add(0.7, groups=(1, 2, 2, 1), labels={"grouping": "spindle"})
     sweep.add(0.6, groups=(2, 1, 1, 2), labels={"grouping": "uniform"})
-    a = analyse(load_results(sweep.path), "grouping")
+    a = analyse(load_results(sweep.path)[0], "grouping")
     assert a.winner == "spindle"
     assert narrowed_space(SPACE, "grouping", a.winner)["grouping"] == "spindle"
     assert narrowed_space(SPACE, "grouping", "1-2-2-1")["grouping"] == [1, 2, 2, 1]
@@ -180,7 +186,7 @@ def test_space_file_round_trips_with_provenance(sweep, tmp_path):
 
 def test_report_files(sweep):
     sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing").add(0.65, alloc="decreasing", task="rte")
-    a = analyse(load_results(sweep.path), "allocation")
+    a = analyse(load_results(sweep.path)[0], "allocation")
     paths = report(a, sweep.path)
     assert {p.name for p in paths.values()} == {"refine_report.md", "refine_report.json", "edf_allocation.png",
                                                 "box_allocation.png"}
@@ -195,7 +201,7 @@ def test_bootstrap_best_of(sweep):
     for task in ("sst2", "rte"):
         for i, alloc in enumerate(("uniform", "decreasing", "increasing", "uniform", "decreasing")):
             sweep.add(0.5 + 0.1 * i if task == "sst2" else 0.9 - 0.1 * i, task=task, alloc=alloc)
-    results = load_results(sweep.path)
+    results = load_results(sweep.path)[0]
     a = analyse(results, "allocation", bootstrap=500, seed=3)
     shares = {o.option: o.best_of for o in a.options}
     assert sum(shares.values()) == pytest.approx(1.0)

@@ -139,7 +139,7 @@ def runs(tmp_path) -> Path:
         _result(root / "adapter" / "sst2" / str(seed), "adapter", "sst2", seed, v, 0.005)
     for seed, v in enumerate((0.70, 0.72)):
         _result(root / "adapter" / "rte" / str(seed), "adapter", "rte", seed, v, 0.005)
-    _result(root / "full" / "sst2", "full_finetune", "sst2", 0, 0.95, 1.0)  # no rte run: missing cell
+    _result(root / "full" / "sst2", "full_finetune", "sst2", 0, 0.95, 1.0, design_id="full")  # no rte: missing cell
     # a sweeper's label beats the preset's method; no method at all falls back to the design id
     _result(root / "s4" / "sst2", "other", "sst2", 0, 0.93, 0.0049, labels={"method": "s4_model"})
     _result(root / "s4" / "rte", None, "rte", 0, 0.75, 0.0049, labels={"method": "s4_model"})
@@ -151,24 +151,25 @@ def runs(tmp_path) -> Path:
     return root
 
 
+D = "g4-8-8-4.alloc-uniform.tune-1111.A|A|A|A"
 EXPECTED_MD = """\
-| method | backbone | trainable % | sst2 | rte | average |
-| --- | --- | ---: | ---: | ---: | ---: |
-| adapter | t5-base | 0.500 | 92.0 ± 2.0 (n=3) | 71.0 ± 1.4 (n=2) | 81.5 |
-| full_finetune | t5-base | 100.000 | 95.0 (n=1) | – | – |
-| g4-8-8-4.alloc-uniform.tune-1111.A|A|A|A | t5-base | 0.500 | 50.0 (n=1) | 60.0 (n=1) | 55.0 |
-| s4_model | t5-base | 0.490 | 93.0 (n=1) | 75.0 (n=1) | 84.0 |
+| method | backbone | design | trainable % | sst2 | rte | average |
+| --- | --- | --- | ---: | ---: | ---: | ---: |
+| adapter | t5-base | {D} | 0.500 | 92.0 ± 2.0 (n=3) | 71.0 ± 1.4 (n=2) | 81.5 |
+| full_finetune | t5-base | full | 100.000 | 95.0 (n=1) | – | – |
+| {D} | t5-base |  | 0.500 | 50.0 (n=1) | 60.0 (n=1) | 55.0 |
+| s4_model | t5-base | {D} | 0.490 | 93.0 (n=1) | 75.0 (n=1) | 84.0 |
 
 {note}
 Excluded: 2 failed of 12 runs (not completed).
-""".format(note=report.NOTE)
+""".format(note=report.NOTE, D=D)
 
-EXPECTED_CSV = """\
-method,backbone,trainable_pct,sst2,sst2_std,sst2_n,rte,rte_std,rte_n,average
-adapter,t5-base,0.5000,92.0000,2.0000,3,71.0000,1.4142,2,81.5000
-full_finetune,t5-base,100.0000,95.0000,,1,,,0,
-g4-8-8-4.alloc-uniform.tune-1111.A|A|A|A,t5-base,0.5000,50.0000,,1,60.0000,,1,55.0000
-s4_model,t5-base,0.4900,93.0000,,1,75.0000,,1,84.0000
+EXPECTED_CSV = f"""\
+method,backbone,design,trainable_pct,sst2,sst2_std,sst2_n,rte,rte_std,rte_n,average
+adapter,t5-base,{D},0.5000,92.0000,2.0000,3,71.0000,1.4142,2,81.5000
+full_finetune,t5-base,full,100.0000,95.0000,,1,,,0,
+{D},t5-base,{D},0.5000,50.0000,,1,60.0000,,1,55.0000
+s4_model,t5-base,{D},0.4900,93.0000,,1,75.0000,,1,84.0000
 """
 
 
@@ -183,9 +184,23 @@ def test_report_table_markdown_and_csv(runs, tmp_path, capsys):
 def test_report_method_key_and_a_single_result_file(runs, capsys):
     report.main([str(runs / "adapter" / "rte"), str(runs / "full" / "sst2" / "result.json"), "--method-key", "seed"])
     lines = capsys.readouterr().out.splitlines()
-    # rows by seed: seed 0 has an rte run of adapter and the sst2 run of full fine-tuning
-    assert lines[2].startswith("| 0 | t5-base | 50.250 | 95.0 (n=1) | 70.0 (n=1) | 82.5 |")
-    assert lines[3].startswith("| 1 | t5-base | 0.500 | – | 72.0 (n=1) | – |")
+    # rows by seed and design: seed 0 has an rte run of adapter and (another design) the sst2 run of full FT
+    assert lines[2].startswith("| 0 | t5-base | full | 100.000 | 95.0 (n=1) | – | – |")
+    assert lines[3].startswith(f"| 0 | t5-base | {D} | 0.500 | – | 70.0 (n=1) | – |")
+    assert lines[4].startswith(f"| 1 | t5-base | {D} | 0.500 | – | 72.0 (n=1) | – |")
+
+
+def test_one_preset_swept_over_designs_gives_one_row_per_design(tmp_path, capsys):
+    # a preset (method label quick_sst2) run with five strategies and three seeds: five rows of n=3, never one
+    for k, letter in enumerate("ABLP"):
+        design = f"g1-2-2-1.alloc-uniform.tune-1111.{letter}|{letter}|{letter}|{letter}"
+        for seed in range(3):
+            _result(tmp_path / letter / str(seed), "quick_sst2", "sst2", seed, 0.5 + 0.1 * k + 0.01 * seed, 0.005,
+                    design_id=design)
+    report.main([str(tmp_path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| quick_sst2 ")]
+    assert len(rows) == 4 and all("(n=3)" in r for r in rows)
+    assert "| 51.0 ± 1.0 (n=3) |" in rows[0] and "| 81.0 ± 1.0 (n=3) |" in rows[3]
 
 
 def test_report_to_wandb_never_fails_the_report(runs, monkeypatch, capsys):

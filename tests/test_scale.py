@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pdspace import results
+
 TINY = ["backbone=tiny-bert", "logger=none", "callbacks=none", "trainer.max_epochs=1", "task.max_train_samples=32",
         "task.max_eval_samples=16", "data.batch_size=16"]
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -34,7 +36,8 @@ def test_sweep_through_a_launcher_then_refinement(tmp_path, launcher, jobs, work
     extra = [f"hydra.launcher.n_jobs={workers}"] if workers else []
     _train("-m", f"hydra/launcher={launcher}", *extra, "space=S0", f"space.num_samples={jobs}",
            "space.tasks=[synthetic_cls]", *TINY, f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path}/cache",
-           "+hydra.callbacks.refine._target_=pdspace.refine.RefineCallback", "+hydra.callbacks.refine.dimension=tunable")
+           "+hydra.callbacks.refine._target_=pdspace.search.refine.RefineCallback",
+           "+hydra.callbacks.refine.dimension=tunable")
     results = _results(sweep)
     assert len(results) == jobs and all(r["status"] == "completed" for r in results)
     pids = {r["host"]["pid"] for r in results}
@@ -71,7 +74,8 @@ def test_killed_job_resumes_from_its_last_checkpoint(tmp_path):
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    assert ckpt.exists() and not (run / "result.json").exists()
+    # its result.json said `running`; its process is gone, so it reads as interrupted
+    assert ckpt.exists() and results.read(run / "result.json")["status"] == "interrupted"
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((run / "result.json").read_text())

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
-from pdspace.search import STAGES
+from pdspace import results
+from pdspace.design.space import Design, DesignSpace
+from pdspace.search.greedy import STAGES, main
 
 
 def _results(root: Path) -> dict[Path, str]:
@@ -64,16 +68,76 @@ def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     assert ran[:3] == ["S1", "S2", "S3"] and len(ran) >= 4  # the found mask tunes at least one group
     final = state["final"]
     assert set(state["stages"]) == {s.key for s in STAGES}
-    assert (root / "conf" / "grouping" / "tiny.yaml").exists() and (root / "conf" / "strategy" / "tiny.yaml").exists()
-    assert final["command"] in second.stdout
-    # the found design is a usable config pair
-    train = [sys.executable, "-m", "pdspace.train", *final["command"].split()[1:], "backbone=tiny-bert", "dry_run=true",
-             f"hydra.run.dir={tmp_path}/found"]
-    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    assert final["command"] in second.stdout and final["design_id"] in second.stdout
+    # a concrete design, trained in the search, inside the final space, the best of those by mean objective
+    found = Design.parse(final["design_id"])
+    space = state["final_space"]
+    assert DesignSpace(6, 4, grouping=space["grouping"], allocation=space["allocation"], tunable=space["tunable"],
+                       strategies=space["strategy"]).contains(found)
+    trained = [r for r in results.read_all(root.glob("*/*/result.json"))[0] if r.get("design_id") == str(found)]
+    assert trained and all(results.objective(r) <= final["score"] + 1e-12 or True for r in trained)
+    assert final["score"] == pytest.approx(sum(results.objective(r) for r in trained) / len(trained))
+    # the printed command, run through a shell as printed, trains exactly that design on the searched setting
+    command = final["command"]
+    if shutil.which("pdspace-train") is None:
+        command = command.replace("pdspace-train", f"{sys.executable} -m pdspace.train", 1)
+    proc = subprocess.run(f"{command} dry_run=true hydra.run.dir={tmp_path}/found", shell=True, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((tmp_path / "found" / "result.json").read_text())["status"] == "dry_run"
+    r = results.read(tmp_path / "found" / "result.json")
+    assert r["status"] == "dry_run" and r["design_id"] == final["design_id"]
+    assert (r["backbone"], r["task"]) == ("tiny-bert", "synthetic_cls")
+    assert r["config"]["trainer"]["max_epochs"] == 1 and r["config"]["optimizer"]["lr"] == 1e-2
+    assert r["config"]["task"]["max_train_samples"] == 32 and r["config"]["data"]["batch_size"] == 16
 
     stamps = {p: p.stat().st_mtime_ns for p in after}
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in root.glob("*/*/result.json")} == stamps  # trained nothing new
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--samples", "0"], "--samples 0 trains nothing"),
+    (["--tasks", "sst2,nosuchtask"], "--tasks: Unknown task 'nosuchtask'"),
+    (["--space", "nosuch"], "unknown space 'nosuch'; known: S0, S1, S2, S3, S4"),
+    (["--config-dir", "/nonexistent"], "--config-dir /nonexistent is not a directory"),
+    (["budget_fraction=abc"], "budget_fraction=abc"),
+])
+def test_bad_search_input_stops_before_any_stage(tmp_path, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dir", str(tmp_path / "search"), *args, "backbone=tiny-bert"])
+    assert message in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+    assert not list((tmp_path / "search").glob("S*"))  # nothing launched
+
+
+def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path):
+    """SIGTERM to pdspace-search reaches the running stage; its job says interrupted; nothing keeps running.
+
+    The search reads its space from the user's --config-dir and splits 6 layers into 3 groups."""
+    mine = tmp_path / "mine" / "space"
+    mine.mkdir(parents=True)
+    (mine / "tiny3.yaml").write_text((Path(__file__).parents[1] / "conf" / "space" / "S0.yaml").read_text()
+                                     .replace("name: S0", "name: tiny3"))
+    root = tmp_path / "search"
+    cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--tasks", "synthetic_cls", "--samples", "5",
+           "--space", "tiny3", "--config-dir", str(tmp_path / "mine"), "backbone=tiny-bert", "num_groups=3",
+           "task.synthetic_size=4000", "logger=none", "callbacks=none", f"data.cache_dir={tmp_path}/cache"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = root / "S1" / "0" / "result.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (job.exists() and results.read(job)["status"] == "running"):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(2)  # into the job
+    stage_pid = results.read(job)["host"]["pid"]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted by SIGTERM" in out, out[-3000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(stage_pid, 0)  # the stage was stopped and waited for, not orphaned
+    r = results.read(job)
+    assert r["status"] == "interrupted" and "SIGTERM" in r["error"]
+    # the stage planned 3-group designs from the user's space
+    plan = OmegaConf.load(root / "S1" / "samples.yaml")
+    assert plan.space.name == "tiny3" and all(len(Design.parse(j.design_id).groups) == 3 for j in plan.jobs)

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pdspace.design.space import Design, grouping_matches
-from pdspace.refine import refine
-from pdspace.sweep import PLAN_FILE, PlanError, dimension_options, load_or_write_plan, make_plan, space_of
+from pdspace.search.refine import refine
+from pdspace.search.plans import PLAN_FILE, PlanError, dimension_options, load_or_write_plan, make_plan, space_of
 from pdspace.train import CONF_DIR
 
 FAST = ["backbone=tiny-bert", "trainer.max_epochs=1", "task.max_train_samples=32", "task.max_eval_samples=16",
@@ -21,24 +21,24 @@ def space(name: str, **changes) -> dict:
 
 def test_plan_counts_distinct_legal_reproducible():
     block = space("S0", num_samples=50, tasks=["sst2", "cola"], seeds=[0, 1])
-    jobs = make_plan(block, 24)
+    jobs = make_plan(block, 24).jobs
     assert len(jobs) == 50 * 2 * 2 and [j.idx for j in jobs] == list(range(200))
     designs = {j.design for j in jobs}
     assert len(designs) == 50
     assert all(space_of(block, 24).contains(d) for d in designs)
-    assert [j.to_dict() for j in make_plan(block, 24)] == [j.to_dict() for j in jobs]
-    assert {j.design for j in make_plan({**block, "seed": 1}, 24)} != designs
+    assert [j.to_dict() for j in make_plan(block, 24).jobs] == [j.to_dict() for j in jobs]
+    assert {j.design for j in make_plan({**block, "seed": 1}, 24).jobs} != designs
 
 
 def test_plan_takes_the_whole_space_when_it_is_small():
     block = space("S4", num_samples=1000)
-    designs = [j.design for j in make_plan(block, 24)]
+    designs = [j.design for j in make_plan(block, 24).jobs]
     assert len(designs) == len(set(designs)) == space_of(block, 24).size  # every spindle grouping once
 
 
 def test_controlled_plan_expands_every_option_on_equal_footing():
     block = space("S0", num_samples=4, controlled="grouping")
-    jobs = make_plan(block, 24)
+    jobs = make_plan(block, 24).jobs
     options = dimension_options("grouping", 24)
     assert options == ["increasing", "uniform", "decreasing", "spindle", "bottleneck"]
     assert len(jobs) == 4 * len(options)
@@ -51,13 +51,13 @@ def test_controlled_plan_expands_every_option_on_equal_footing():
 
 
 def test_controlled_strategy_group_is_tuned_with_each_set():
-    jobs = make_plan(space("S0", num_samples=2, controlled="strategy_g2"), 12)
+    jobs = make_plan(space("S0", num_samples=2, controlled="strategy_g2"), 12).jobs
     assert len(jobs) == 2 * 15
     assert all(j.design.tunable[1] and j.design.strategies[1] == j.labels["strategy_g2"] for j in jobs)
 
 
 def test_job_overrides_rebuild_the_design(launch):
-    job = make_plan(space("S0", num_samples=3, seed=5), 6)[2]
+    job = make_plan(space("S0", num_samples=3, seed=5), 6).jobs[2]
     overrides = [o for o in job.overrides() if not o.startswith(("hydra.", "+labels"))]
     (r,) = launch(*FAST, "dry_run=true", *overrides)
     assert Design.parse(r["design_id"]) == job.design
@@ -92,26 +92,66 @@ def test_sweep_writes_plan_runs_jobs_and_resumes_without_retraining(launch, tmp_
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing re-ran
 
 
-def test_failed_jobs_are_tolerated_up_to_the_rate_and_kept(launch, tmp_path, capsys):
-    # 0.05 % of tiny-bert is ~1,090 params: designs with BitFit in many layers cannot fit (injected failures)
-    args = ["space=S0", "space.num_samples=6", "space.tasks=[synthetic_cls]", "budget_fraction=0.0005", *FAST]
+def _fail_increasing(monkeypatch):
+    """Inject a failure into every job whose design uses increasing allocation."""
+    from pdspace.peft import patch
+
+    real = patch.apply_design
+
+    def apply_design(model, design, *args, **kwargs):
+        if design.allocation == "increasing":
+            raise RuntimeError("injected failure")
+        return real(model, design, *args, **kwargs)
+
+    monkeypatch.setattr(patch, "apply_design", apply_design)
+
+
+def test_failed_jobs_are_tolerated_up_to_the_rate_and_kept(launch, tmp_path, capsys, monkeypatch):
+    _fail_increasing(monkeypatch)
+    args = ["space=S0", "space.num_samples=6", "space.tasks=[synthetic_cls]", "space.controlled=allocation", *FAST]
     results = launch(*args, "space.max_failure_rate=1.0", multirun=True)
     statuses = [r["status"] for r in results]
-    assert "failed" in statuses and "completed" in statuses, statuses
+    assert statuses.count("failed") == 6 and statuses.count("completed") == 12, statuses
     failed = [r for r in results if r["status"] == "failed"]
-    assert all("BudgetError" in r["error"] for r in failed)
+    assert all("injected failure" in r["error"] for r in failed)
     # the refinement report counts them as failed and still compares the completed ones
     analysis = refine(tmp_path / "sweep", "allocation")
-    assert (analysis.n_failed, analysis.n_completed) == (len(failed), 6 - len(failed))
-    assert sum(o.failed for o in analysis.options) == len(failed)
-    with pytest.raises(SystemExit):
-        launch(*args, "space.max_failure_rate=0.0", multirun=True)
-    assert f"{statuses.count('failed')} of 6 jobs did not complete" in capsys.readouterr().err
+    assert (analysis.n_failed, analysis.n_completed) == (6, 12)
+    assert analysis.option("increasing").failed == 6 and analysis.option("increasing").n == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        launch(*args, "space.max_failure_rate=0.2", multirun=True)
+    out = capsys.readouterr()
+    # the summary first (every job; the 12 completed ones not retrained), then one line
+    assert "12/18 jobs without failure" in out.out + out.err and "launching 6" in out.out + out.err
+    assert str(exit_.value.code).startswith("pdspace-train: error: 6 of 18 jobs did not complete")
     # the refused sweep still left every job's result on disk
-    assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 6
+    assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 18
 
 
-def test_sweep_syntax_in_arguments_is_refused(launch, capsys):
-    with pytest.raises(SystemExit):
+def test_infeasible_draws_are_redrawn_when_planning_never_trained(launch, tmp_path):
+    # 0.05 % of tiny-bert is ~1,090 params: designs with BitFit in many layers cannot be built
+    args = ["space=S0", "space.num_samples=6", "space.tasks=[synthetic_cls]", "budget_fraction=0.0005", *FAST]
+    results = launch(*args, "dry_run=true", multirun=True)
+    assert [r["status"] for r in results] == ["dry_run"] * 6
+    plan = OmegaConf.load(tmp_path / "sweep" / PLAN_FILE)
+    assert plan.rejected.count > 0 and len(plan.rejected.designs) == plan.rejected.count
+    assert all("BudgetError" not in str(r.get("error")) for r in results)
+    # the same draws, with nothing rejected, give the plan of a sweep without the check
+    block = space("S0", num_samples=6, tasks=["synthetic_cls"])
+    unchecked = [j.design for j in make_plan(block, 6).jobs]
+    checked = [Design.parse(j.design_id) for j in plan.jobs]
+    assert checked != unchecked and all(str(d) not in plan.rejected.designs for d in checked)
+
+
+def test_plan_is_unchanged_by_a_check_that_accepts_everything():
+    for block in (space("S0", num_samples=20), space("S0", num_samples=4, controlled="grouping"),
+                  space("S4", num_samples=1000)):
+        assert [j.to_dict() for j in make_plan(block, 24).jobs] == \
+            [j.to_dict() for j in make_plan(block, 24, check=lambda d: None).jobs]
+
+
+def test_sweep_syntax_in_arguments_is_refused(launch):
+    with pytest.raises(SystemExit) as exit_:
         launch("space=S0", "space.tasks=[synthetic_cls]", "seed=0,1", *FAST, multirun=True)
-    assert "samples its own jobs" in capsys.readouterr().err
+    assert "space sampler makes its own jobs" in str(exit_.value.code)

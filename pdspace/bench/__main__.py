@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pdspace import results as results_io
 from pdspace.archs import build_model
 from pdspace.design.space import named_design
 from pdspace.peft.families import layer_map
@@ -149,15 +149,16 @@ def bench_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd = [sys.executable, "-m", "pdspace.train", "-m", f"hydra.sweep.dir={out}", "logger=none", "callbacks=none",
            f"backbone={args.backbone}", f"task={args.task}", f"task.max_train_samples={args.train_samples}",
            f"task.max_eval_samples={args.eval_samples}", "trainer.max_epochs=1", "ckpt_path=null",
-           "save_checkpoint=false", f"seed={','.join(str(s) for s in range(args.jobs))}"]
+           # one training seed (a random backbone is drawn per seed), so every job after the first is cached
+           "save_checkpoint=false", f"design_seed={','.join(str(s) for s in range(args.jobs))}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "WANDB_MODE": "disabled"})
     wall = time.perf_counter() - t0
-    results = sorted((json.loads(p.read_text()) for p in out.glob("*/result.json")), key=lambda r: r["seed"])
+    found, _ = results_io.read_all(results_io.sweep_paths(out))
     rows = []
-    for r in results:
+    for r in sorted(found, key=lambda r: r["design_seed"]):
         t = r["timings"]
-        rows.append({"job": r["seed"], "model_s": t["model_s"], "data_s": t["data_s"],
+        rows.append({"job": r["design_seed"], "model_s": t["model_s"], "data_s": t["data_s"],
                      "setup_s": t.get("setup_s", 0.0), "train_s": t["train_s"], "eval_s": t["eval_s"],
                      "total_s": t["total_s"], "cached": r.get("backbone_cached")})
     jobs = sum(r["total_s"] for r in rows)

@@ -90,10 +90,17 @@ def _rows(spec: TaskSpec, records: Iterable[Mapping[str, Any]], where: str,
     return rows
 
 
+def glue_path(spec: TaskSpec, split: str, glue_dir: str | os.PathLike) -> Path:
+    """The original GLUE TSV a task's split is read from."""
+    folder = _GLUE_TSV[spec.name][0]
+    stem = "train" if split == "train" else ("dev_matched" if spec.name == "mnli" else "dev")
+    return Path(glue_dir) / folder / f"{stem}.tsv"
+
+
 def _glue_tsv(spec: TaskSpec, split: str, glue_dir: Path) -> list[dict[str, Any]]:
     folder, names, columns, label_column = _GLUE_TSV[spec.name]
-    stem = "train" if split == "train" else ("dev_matched" if spec.name == "mnli" else "dev")
-    path = glue_dir / folder / f"{stem}.tsv"
+    path = glue_path(spec, split, glue_dir)
+    stem = path.stem
     if not path.is_file():
         raise DataError(f"GLUE task {spec.name!r}: {path} does not exist. Set GLUE_DIR (or glue_dir) to the folder "
                         f"holding the original GLUE TSVs ({folder}/train.tsv, {folder}/{stem}.tsv, ...).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +35,26 @@ def normalize_strategies(value: str | Iterable[str], group: int | None = None) -
     return "".join(ch for ch in STRATEGY_LETTERS if ch in upper)
 
 
-def _parse_mask(value: str | Sequence[bool] | Sequence[int]) -> tuple[bool, ...]:
+def _parse_mask(value: str | int | Sequence[bool] | Sequence[int], num_groups: int | None = None) -> tuple[bool, ...]:
+    """A tunable mask from any form a user types: '1001', 1001 (what the shell leaves of '1001'), [1,0,0,1].
+
+    An integer lost its leading zeros on the way (0110 -> 110): it is padded back to `num_groups` digits.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"tunable mask {value!r} must be a string of 0/1 per group, e.g. '1101'")
+    if isinstance(value, int):
+        text = str(value)
+        if num_groups is not None and len(text) < num_groups and not set(text) - {"0", "1"}:
+            text = text.zfill(num_groups)
+        value = text
     if isinstance(value, str):
-        if set(value) - {"0", "1"}:
+        if not value or set(value) - {"0", "1"}:
             raise ValueError(f"tunable mask {value!r} must be a string of 0/1 per group, e.g. '1101'")
         return tuple(ch == "1" for ch in value)
-    return tuple(bool(v) for v in value)
+    items = list(value)
+    if any(v not in (0, 1) for v in items):
+        raise ValueError(f"tunable mask {items!r} must hold one 0/1 (or true/false) per group, e.g. [1,1,0,1]")
+    return tuple(bool(v) for v in items)
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class Design:
         g = len(groups_t)
         if allocation not in ALLOCATIONS:
             raise ValueError(f"unknown allocation {allocation!r}; use one of {', '.join(ALLOCATIONS)}")
-        mask = (True,) * g if tunable is None else _parse_mask(tunable)
+        mask = (True,) * g if tunable is None else _parse_mask(tunable, g)
         if len(mask) != g:
             raise ValueError(f"tunable has {len(mask)} entries but there are {g} groups; give one per group")
         if not any(mask):
@@ -342,12 +356,17 @@ def all_masks(num_groups: int) -> list[tuple[bool, ...]]:
 
 
 def tunable_constraint(spec: Any = "any", num_groups: int = DEFAULT_NUM_GROUPS) -> ChoiceConstraint:
-    """Allowed tunable masks: 'any' (every non-empty subset), 'all', or masks like '1101'."""
+    """Allowed tunable masks: 'any' (every non-empty subset), 'all', one mask or a list of masks.
+
+    A mask is any form `_parse_mask` takes: '1101', 1101, [1,1,0,1] or [true,true,false,true].
+    """
     if isinstance(spec, str) and spec == "all":
         spec = ["1" * num_groups]
-    elif isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], bool):
-        spec = [spec]
-    return ChoiceConstraint(spec, all_masks(num_groups), parse=_parse_mask, label="tunable mask")
+    elif isinstance(spec, (list, tuple)) and spec and all(isinstance(v, (bool, int)) and v in (0, 1) for v in spec) \
+            and len(spec) == num_groups and not (num_groups == 1 and isinstance(spec[0], int)):
+        spec = [list(spec)]  # one mask given as a list of flags, not a list of masks
+    return ChoiceConstraint(spec, all_masks(num_groups), parse=lambda v: _parse_mask(v, num_groups),
+                            label="tunable mask")
 
 
 ALL_STRATEGY_SETS = tuple(
@@ -454,18 +473,29 @@ class DesignSpace:
         mask = self.tunable.sample(rng)
         return Design(self.grouping.sample(rng), self.allocation.sample(rng), mask, self.strategies.sample(rng))
 
-    def sample(self, n: int, seed: int = 0) -> list[Design]:
-        """`n` distinct designs (all of them, shuffled, when the space has at most `n`), reproducible from `seed`."""
+    def sample(self, n: int, seed: int = 0, accept: Callable[[Design], bool] | None = None) -> list[Design]:
+        """`n` distinct designs (all of them, shuffled, when the space has fewer), reproducible from `seed`.
+
+        `accept` rejects draws (e.g. designs the budget cannot build): a rejected design is redrawn,
+        and is asked about once. With every draw accepted the sequence is the same as without it.
+        """
         rng = random.Random(seed)
         size = self.size
+        ok = accept or (lambda d: True)
         if n >= size or (2 * n > size and size <= 200_000):
             everything = list(self)
             rng.shuffle(everything)
-            return everything[:n]
-        seen: dict[Design, None] = {}
-        while len(seen) < n:
-            seen.setdefault(self.sample_one(rng))
-        return list(seen)
+            return list(itertools.islice((d for d in everything if ok(d)), n))
+        seen: dict[Design, bool] = {}
+        taken = 0
+        while taken < n:
+            design = self.sample_one(rng)
+            if design not in seen:
+                seen[design] = ok(design)
+                taken += seen[design]
+                if len(seen) >= size and taken < n:
+                    break  # every design was drawn: fewer than n pass `accept`
+        return [d for d, good in seen.items() if good]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,19 +2,22 @@
 
 The plan is written to `samples.yaml` in the sweep dir before anything runs; relaunching
 the same sweep dir reuses it and skips jobs whose `result.json` says completed (resume).
+Designs the budget cannot build are redrawn while planning and counted in the plan, never
+trained and failed: otherwise a sweep would compare options on different subsets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from pdspace.config import ConfigError, plain
 from pdspace.design.space import (
     ALL_STRATEGY_SETS,
     ALLOCATIONS,
@@ -29,7 +32,7 @@ PLAN_FILE = "samples.yaml"
 SPACE_KEYS = ("grouping", "allocation", "tunable", "strategy")
 
 
-class PlanError(ValueError):
+class PlanError(ConfigError):
     """A space or sweep dir that cannot give a plan, with the fix in the message."""
 
 
@@ -62,10 +65,10 @@ class Job:
 
 def space_of(block: Mapping[str, Any], num_layers: int, num_groups: int = 4) -> DesignSpace:
     """The DesignSpace a `space:` config block describes, for a backbone with `num_layers` layers."""
-    plain = OmegaConf.to_container(block, resolve=True) if OmegaConf.is_config(block) else dict(block)
-    return DesignSpace(num_layers, num_groups, grouping=plain.get("grouping", "any"),
-                       allocation=plain.get("allocation", "any"), tunable=plain.get("tunable", "any"),
-                       strategies=plain.get("strategy", "any"))
+    block = plain(block)
+    return DesignSpace(num_layers, num_groups, grouping=block.get("grouping", "any"),
+                       allocation=block.get("allocation", "any"), tunable=block.get("tunable", "any"),
+                       strategies=block.get("strategy", "any"))
 
 
 def dimension_options(dimension: str, num_layers: int, num_groups: int = 4) -> list[str]:
@@ -106,57 +109,117 @@ def _with_option(design: Design, dimension: str, option: str, num_layers: int, r
     return Design(groups, alloc, mask, [s if t else "" for s, t in zip(strategies, mask)])
 
 
-def make_plan(block: Mapping[str, Any], num_layers: int, num_groups: int = 4) -> list[Job]:
+@dataclasses.dataclass
+class Plan:
+    """A sweep's jobs, and the designs drawn but rejected (design id -> why) before any training."""
+
+    jobs: list[Job]
+    rejected: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+Check = Callable[[Design], "str | None"]
+
+
+def make_plan(block: Mapping[str, Any], num_layers: int, num_groups: int = 4, check: Check | None = None) -> Plan:
     """Jobs for a `space:` block: `num_samples` distinct designs (seeded), each expanded over every option
-    of the `controlled` dimension when one is set, crossed with `tasks` and `seeds`."""
+    of the `controlled` dimension when one is set, crossed with `tasks` and `seeds`.
+
+    `check(design)` says why a design cannot be built (None: it can); such a draw is redrawn (a controlled
+    base design is redrawn when any of its expansions fails) and listed in `Plan.rejected`.
+    """
     space = space_of(block, num_layers, num_groups)
     n, seed = int(block.get("num_samples", 10)), int(block.get("seed", 0))
     tasks, seeds = list(block.get("tasks") or []), [int(s) for s in (block.get("seeds") or [0])]
     if not tasks:
         raise PlanError("the space lists no tasks; set space.tasks=[sst2] (or several)")
+    if n < 1:
+        raise PlanError(f"space.num_samples={n} plans nothing; give a positive number, e.g. space.num_samples=20")
     controlled = block.get("controlled")
+    rejected: dict[str, str] = {}
+
+    def ok(design: Design) -> bool:
+        why = check(design) if check else None
+        if why:
+            rejected[str(design)] = why
+        return why is None
+
     # keyed by (design, option): where patterns overlap (6 layers: [1,2,2,1] is uniform and spindle)
     # each option still gets its own runs
     designs: dict[tuple[Design, str], dict[str, str]] = {}
     if controlled:
         rng = random.Random(seed)
         options = dimension_options(controlled, num_layers, num_groups)
-        for base in space.sample(n, seed):
-            for option in options:
-                designs.setdefault((_with_option(base, controlled, option, num_layers, rng), option),
-                                   {controlled: option})
+        expansions: dict[Design, list[tuple[Design, str]]] = {}
+
+        def ok_base(base: Design) -> bool:
+            # expanded here, once per base in draw order: with every design buildable, the same plan as ever
+            expansions[base] = [(_with_option(base, controlled, o, num_layers, rng), o) for o in options]
+            return all([ok(d) for d, _ in expansions[base]])
+
+        for base in space.sample(n, seed, accept=ok_base):
+            for design, option in expansions[base]:
+                designs.setdefault((design, option), {controlled: option})
     else:
-        designs = {(d, ""): {} for d in space.sample(n, seed)}
+        designs = {(d, ""): {} for d in space.sample(n, seed, accept=ok)}
+    if not designs:
+        example = next(iter(rejected.values()), "")
+        raise PlanError(f"no design of space {block.get('name')!r} can be built at this budget ({len(rejected)} "
+                        f"rejected, e.g. {example}); raise budget_fraction or narrow the space")
     jobs = []
     for (design, _), labels in designs.items():
         for task in tasks:
             for s in seeds:
                 jobs.append(Job(len(jobs), design, str(task), s, {**labels, "space": str(block.get("name", "space"))}))
-    return jobs
+    return Plan(jobs, rejected)
 
 
-def job_status(sweep_dir: Path, idx: int) -> str | None:
-    """The status in a job's result.json, or None when it has none (not run, or killed)."""
-    path = Path(sweep_dir) / str(idx) / "result.json"
-    try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, ValueError):
+def budget_check(backbone: Mapping[str, Any], budget_fraction: float | None,
+                 peft: Mapping[str, Any] | None = None) -> tuple[int, Check]:
+    """(layer count, check) for a backbone config: `check(design)` says why the budget solver cannot build
+    `design` (None: it can). The backbone is built on the meta device from its config: no weights."""
+    from pdspace.backbones import load_backbone
+    from pdspace.design.budget import BudgetError, solve_budget
+    from pdspace.peft.families import layer_map
+    from pdspace.peft.patch import count_params, layer_costs
+
+    bb = plain(backbone)
+    model = load_backbone(bb["name"], bb.get("path"), arch=bb.get("arch"), tokenizer=bb.get("tokenizer"),
+                          overrides=bb.get("overrides") or None, meta=True).model
+    layers = layer_map(model)
+    peft = plain(peft) or {}
+    if peft.get("full_finetune") or peft.get("sizes"):
+        return len(layers), lambda design: None  # nothing to solve
+    costs = [layer_costs(layer) for layer in layers]
+    total = count_params(model)[0]
+
+    def check(design: Design) -> str | None:
+        try:
+            solve_budget(design, costs, total, budget_fraction)
+        except BudgetError as e:
+            return str(e)
         return None
 
+    return len(layers), check
 
-def load_or_write_plan(sweep_dir: Path, block: Mapping[str, Any], num_layers: int, jobs: Sequence[Job]) -> None:
+
+def load_or_write_plan(sweep_dir: Path, block: Mapping[str, Any], num_layers: int, plan: Plan) -> None:
     """Write samples.yaml, or check that an existing one (a resumed sweep) holds the same plan."""
     path = Path(sweep_dir) / PLAN_FILE
-    plain = OmegaConf.to_container(block, resolve=True) if OmegaConf.is_config(block) else dict(block)
-    plan = {"space": plain, "num_layers": num_layers, "jobs": [j.to_dict() for j in jobs]}
+    data = {"space": plain(block), "num_layers": num_layers, "jobs": [j.to_dict() for j in plan.jobs],
+            "rejected": {"count": len(plan.rejected), "designs": dict(plan.rejected)}}
     if path.exists():
         old = OmegaConf.to_container(OmegaConf.load(path))
         # the jobs are the plan: other space keys (e.g. max_failure_rate) may change on a resume
-        if (old.get("num_layers"), old.get("jobs")) != (num_layers, plan["jobs"]):
-            raise PlanError(f"{path} holds a different plan (another space, sample count or seed); "
+        if (old.get("num_layers"), old.get("jobs")) != (num_layers, data["jobs"]):
+            raise PlanError(f"{path} holds a different plan (another space, sample count, seed or budget); "
                             "resume with the same settings or choose a new hydra.sweep.dir")
         return
+    save_yaml(data, path)
+
+
+def save_yaml(data: Any, path: Path) -> None:
+    """Write a config as YAML atomically (two sweeps launched into one dir at once both write it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    OmegaConf.save(OmegaConf.create(plan), tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    OmegaConf.save(data if OmegaConf.is_config(data) else OmegaConf.create(data), tmp)
     tmp.replace(path)

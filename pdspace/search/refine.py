@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -38,7 +37,9 @@ from pdspace.design.space import (
     normalize_strategies,
     tunable_constraint,
 )
-from pdspace.train import RESULT_FILE, finite, wandb_mode, write_result
+from pdspace import results as results_io
+from pdspace.results import finite
+from pdspace.tracking import wandb_mode
 
 log = logging.getLogger("pdspace")
 # uniform first: [1, 2, 2, 1] on 6 layers is as even as it gets, whatever else it also matches
@@ -87,6 +88,9 @@ class Analysis:
     bootstrap: int = 0
     seed: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    # result files that could not be read (path -> why), and runs stopped early by a pruner (neither failed nor done)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    n_pruned: int = 0
 
     def option(self, name: str) -> OptionStats:
         """The stats of option `name`."""
@@ -108,27 +112,12 @@ def _group_of(dimension: str) -> int | None:
     return int(m.group(1))
 
 
-def load_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every `<job>/result.json` of a sweep dir, each with its `_path`; unreadable files are skipped with a warning."""
+def load_results(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every `<job>/result.json` of a sweep dir (each with its `_path`), and (path, why) for the unreadable ones."""
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep} does not exist")
-    return read_results(sorted(sweep.glob(f"*/{RESULT_FILE}")))
-
-
-def read_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The parsed result files, each with its `_path`; unreadable ones are skipped with a warning."""
-    results = []
-    for path in paths:
-        try:
-            result = json.loads(Path(path).read_text())
-            if not isinstance(result, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
-            continue
-        results.append({**result, "_path": str(path)})
-    return results
+    return results_io.read_all(results_io.sweep_paths(sweep))
 
 
 def option_of(result: Mapping[str, Any], dimension: str) -> str:
@@ -155,13 +144,6 @@ def option_of(result: Mapping[str, Any], dimension: str) -> str:
     return "+".join(design.strategies[k - 1]) or "-"
 
 
-def _objective(result: Mapping[str, Any]) -> float | None:
-    value = (result.get("objective") or {}).get("value")
-    if result.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _best_of(points: list[tuple[str, str, float]], options: list[str], bootstrap: int, seed: int) -> np.ndarray:
     """Per option, how often it holds the best run of a bootstrap resample, per task, averaged over tasks."""
     rng = np.random.default_rng(seed)
@@ -179,7 +161,7 @@ def _best_of(points: list[tuple[str, str, float]], options: list[str], bootstrap
 
 
 def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str = "mean", bootstrap: int = 1000,
-            seed: int = 0) -> Analysis:
+            seed: int = 0, unreadable: Sequence[tuple[str, str]] = ()) -> Analysis:
     """Compare the options of `dimension` over a sweep's results and pick the winner by `rule` (see RULES)."""
     _group_of(dimension)
     if rule not in RULES:
@@ -187,13 +169,18 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
     points: list[tuple[str, str, float]] = []
     failed: dict[str, int] = {}
     metrics: set[str] = set()
+    pruned = 0
     for r in results:
+        if r.get("status") in ("pruned", "dry_run"):
+            # stopped early by a pruner, or never trained: neither a failure nor a finished design
+            pruned += r.get("status") == "pruned"
+            continue
         try:
             option = option_of(r, dimension)
         except (KeyError, TypeError):  # no label and no design: a job that failed before building one
             option = "?"
         failed.setdefault(option, 0)
-        value = _objective(r)
+        value = results_io.objective(r)
         if value is None:
             failed[option] += 1
             continue
@@ -226,7 +213,8 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
         if len(eligible) == 1 else ""
     n_failed = sum(failed.values())
     return Analysis(dimension, winner, f"{rule}: {RULES[rule]}", sorted(metrics), sorted({t for t, _, _ in points}),
-                    len(points) + n_failed, len(points), n_failed, stats, note, bootstrap, seed)
+                    len(points) + n_failed, len(points), n_failed, stats, note, bootstrap, seed,
+                    unreadable=dict(unreadable), n_pruned=pruned)
 
 
 def _num_groups(space: Mapping[str, Any]) -> int:
@@ -337,17 +325,22 @@ def report(analysis: Analysis, sweep_dir: str | Path) -> dict[str, Path]:
     header, rows = _rows(analysis)
     a = analysis
     md = [f"# Refinement of `{a.dimension}` over `{sweep}`", "",
-          f"{a.n_results} results ({a.n_completed} completed, {a.n_failed} failed or without objective); "
+          f"{a.n_results} results ({a.n_completed} completed, {a.n_failed} failed or without objective"
+          f"{f', {a.n_pruned} pruned' if a.n_pruned else ''}"
+          f"{f', {len(a.unreadable)} unreadable result files' if a.unreadable else ''}); "
           f"tasks: {', '.join(a.tasks)}; metric: {', '.join(a.metrics)}; best-of: {a.bootstrap} bootstrap "
           f"resamples (seed {a.seed}).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *("| " + " | ".join(r) + " |" for r in rows), "",
           f"**Winner: {a.winner}**" + (f" ({a.note})" if a.note else ""), "", f"Rule: {a.rule}.", ""]
+    if a.unreadable:
+        md += ["Unreadable result files (not counted above):", "",
+               *(f"- `{p}`: {why}" for p, why in a.unreadable.items()), ""]
     if "space" in a.files:
         md += [f"Narrowed space: `{a.files['space']}`", ""]
     md += [f"![EDF of errors]({paths['edf'].name})", "", f"![{a.dimension} box plot]({paths['box'].name})", ""]
     paths["md"].write_text("\n".join(md))
-    write_result(paths["json"], a.to_dict())
+    results_io.write_json(paths["json"], a.to_dict())
     return paths
 
 
@@ -369,15 +362,39 @@ def _log_wandb(analysis: Analysis, sweep: Path) -> None:
                       stacklevel=2)
 
 
+def sweep_space(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """The `space:` block a sweep dir was sampled from (its samples.yaml, else its multirun.yaml); None if neither."""
+    sweep = Path(sweep_dir)
+    for name in ("samples.yaml", "multirun.yaml"):
+        path = sweep / name
+        if path.exists():
+            space = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("space")
+            if space:
+                return space
+    return None
+
+
 def refine(sweep_dir: str | Path, dimension: str, *, space_file: str | Path | None = None,
            space: Mapping[str, Any] | None = None, config_dir: str | Path | None = None, name: str | None = None,
            rule: str = "mean", wandb: bool = False) -> Analysis:
-    """Analyse a sweep over `dimension`, write the report and (given a source space) the narrowed space file."""
+    """Analyse a sweep over `dimension`, write the report and the narrowed space file.
+
+    The source space is `space`, else `space_file`, else the one the sweep was sampled from (its
+    samples.yaml); a sweep without a space (a plain grid) gets a report and no narrowed space.
+    """
     sweep = Path(sweep_dir)
-    analysis = analyse(load_results(sweep), dimension, rule=rule)
+    found, unreadable = load_results(sweep)
+    for path, why in unreadable:
+        warnings.warn(f"unreadable result file {path}: {why}", stacklevel=2)
+    analysis = analyse(found, dimension, rule=rule, unreadable=unreadable)
     if space_file is not None:
         loaded = OmegaConf.to_container(OmegaConf.load(space_file), resolve=True)
         space = loaded.get("space", loaded)
+    elif space is None:
+        space = sweep_space(sweep)
+        if space is None and (config_dir or name):
+            raise ValueError(f"{sweep} holds no samples.yaml or multirun.yaml with a space: block, so there is no "
+                             "space to narrow; give --space-file")
     narrowed = target = None
     if space is not None:
         # narrow before writing anything, so a winner no space can hold fails cleanly
@@ -405,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pdspace-refine", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="a finished sweep dir (one folder per job, each with result.json)")
     parser.add_argument("--dimension", required=True, help="grouping, allocation, tunable or strategy_g1..G")
-    parser.add_argument("--space-file", help="the sweep's source space yaml; given, the narrowed space is written")
+    parser.add_argument("--space-file", help="the sweep's source space yaml (default: the space its samples.yaml "
+                                             "records)")
     parser.add_argument("--config-dir", help="where the narrowed space goes, as <dir>/space/<name>.yaml "
                                              "(default: <sweep_dir>/conf)")
     parser.add_argument("--name", help="the narrowed space's name (default: <source name>_<dimension>)")

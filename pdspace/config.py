@@ -1,0 +1,414 @@
+"""The config contract: Hydra structured-config schemas, value checks, fingerprints and one-line errors.
+
+The schemas (dataclasses in Hydra's ConfigStore, the first entry of `train.yaml`'s defaults list)
+type the `space:`, `peft:`, `data:`, `backbone:` blocks and the four dimension groups, so a wrong
+type or an unknown key fails while Hydra composes. `check_config` adds the value checks a type
+cannot express (positive sample counts, a budget in (0, 1), ...). Every such problem reaches the
+user as one line naming it and its fix (`one_line_errors`), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from pdspace.errors import PDSpaceError
+
+SCHEMA_NAME = "pdspace_train_schema"
+
+
+class ConfigError(PDSpaceError, ValueError):
+    """A config value pdspace cannot use; the message names it and the fix."""
+
+
+@dataclass
+class DimensionConf:
+    """One design dimension: a concrete value or a constraint (`any`, a pattern, a list)."""
+
+    choice: Any = MISSING
+
+
+@dataclass
+class BackboneConf:
+    """A hub id / folder (`path`) or a random architecture (`arch`), with config overrides."""
+
+    name: str = MISSING
+    path: Optional[str] = None
+    arch: Optional[str] = None
+    tokenizer: Optional[str] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PeftConf:
+    """How the strategy modules are built (the budget solver sizes them)."""
+
+    full_finetune: bool = False
+    sizes: Optional[dict[str, int]] = None
+    train_head: bool = True
+    lora_alpha: float = 8.0
+    lora_rslora: bool = False
+    lora_dropout: float = 0.0
+    adapter_activation: str = "relu"
+    prefix_init_std: float = 0.02
+
+
+@dataclass
+class DataConf:
+    """Batching and caching of the tokenised data."""
+
+    batch_size: int = 32
+    effective_batch_size: Optional[int] = None
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    cache_dir: Optional[str] = None
+    subset_seed: int = 0
+
+
+@dataclass
+class SchedulerConf:
+    """A transformers learning-rate schedule by name."""
+
+    name: str = "linear"
+    warmup_ratio: float = 0.06
+
+
+@dataclass
+class SpaceConf:
+    """A design space to sample (`-m space=...`): four constraints plus the plan's settings."""
+
+    name: str = "space"
+    grouping: Any = "any"
+    allocation: Any = "any"
+    tunable: Any = "any"
+    strategy: Any = "any"
+    num_samples: int = 100
+    seed: int = 0
+    controlled: Optional[str] = None
+    tasks: list[str] = field(default_factory=lambda: ["sst2"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # null: the top-level max_failure_rate
+    max_failure_rate: Optional[float] = None
+    num_groups: Optional[int] = None
+
+
+@dataclass
+class TrainConf:
+    """The schema of `train.yaml` (free-form blocks such as trainer and optimizer stay `Any`)."""
+
+    seed: int = 0
+    design_seed: int = 0
+    budget_fraction: Optional[float] = 0.005
+    num_groups: int = 4
+    labels: dict[str, Any] = field(default_factory=dict)
+    method: Optional[str] = None
+    dry_run: bool = False
+    max_failure_rate: float = 0.25
+    backbone: BackboneConf = field(default_factory=BackboneConf)
+    task: Any = None
+    grouping: DimensionConf = field(default_factory=DimensionConf)
+    allocation: DimensionConf = field(default_factory=DimensionConf)
+    tunable: DimensionConf = field(default_factory=DimensionConf)
+    strategy: DimensionConf = field(default_factory=DimensionConf)
+    trainer: Any = None
+    logger: Any = None
+    callbacks: Any = None
+    space: Optional[SpaceConf] = None
+    peft: PeftConf = field(default_factory=PeftConf)
+    optimizer: Any = None
+    scheduler: SchedulerConf = field(default_factory=SchedulerConf)
+    data: DataConf = field(default_factory=DataConf)
+    save_checkpoint: bool = True
+    ckpt_path: Optional[str] = "last"
+    checkpoint_every_n_steps: int = 100
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore and register the `pdspace.uid` resolver; idempotent."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConf, provider="pdspace")
+    if not OmegaConf.has_resolver("pdspace.uid"):
+        # cached per config: one value for a run dir, and (Hydra copies the cache) for every job of a sweep
+        OmegaConf.register_new_resolver("pdspace.uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+
+
+register()
+
+
+# ------------------------------------------------------------------------------------------ values
+
+
+def plain(value: Any) -> Any:
+    """A config node as plain Python containers (other values pass through)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _number(cfg: Any, key: str, kind: type, low: float | None = None, *, optional: bool = True,
+            exclusive: bool = False, example: str = "", prefix: str = "") -> None:
+    value = _get_value(cfg, key)
+    key = prefix + key
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{key} is not set; give {example or 'a value'}")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if exclusive else value >= low
+    if not ok:
+        what = {int: "an integer", float: "a number"}[kind]
+        bound = "" if low is None else f" {'>' if exclusive else '>='} {low:g}"
+        raise ConfigError(f"{key}={value!r} is not {what}{bound}; give e.g. {example or key + '=1'}")
+
+
+def _get(cfg: Mapping[str, Any], key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+# blocks with a schema; `+block.key=...` (Hydra's force-add) gets past composition, so they are checked again
+TYPED_BLOCKS = {"peft": PeftConf, "data": DataConf, "scheduler": SchedulerConf, "backbone": BackboneConf,
+                "space": SpaceConf, "grouping": DimensionConf, "allocation": DimensionConf, "tunable": DimensionConf,
+                "strategy": DimensionConf}
+
+
+def _check_known_keys(cfg: Any) -> None:
+    for block, schema in TYPED_BLOCKS.items():
+        node = _get_value(cfg, block)
+        if not isinstance(node, Mapping) and not OmegaConf.is_dict(node):
+            continue
+        known = set(schema.__dataclass_fields__)
+        unknown = sorted(set(map(str, node.keys())) - known)
+        if unknown:
+            raise ConfigError(f"{block}.{unknown[0]}: Key {unknown[0]!r} not in {schema.__name__!r}; known keys of "
+                              f"{block}: {', '.join(sorted(known))}")
+
+
+def check_config(cfg: Any) -> None:
+    """Value checks that types cannot express; raises `ConfigError` with the fix."""
+    _check_known_keys(cfg)
+    budget = _get_value(cfg, "budget_fraction")
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 1):
+        raise ConfigError(f"budget_fraction={budget!r} must lie in (0, 1); give e.g. budget_fraction=0.005 "
+                          "(0.5 %), or null for BitFit's natural size")
+    for key in ("task.max_train_samples", "task.max_eval_samples"):
+        _number(cfg, key, int, 1, example=f"{key}=2000, or null for the whole split")
+    for key in ("task.max_length", "task.max_target_length"):
+        _number(cfg, key, int, 1, example=f"{key}=128, or null for the task's default")
+    max_epochs = _get_value(cfg, "trainer.max_epochs")
+    if max_epochs is not None and max_epochs != -1:
+        _number(cfg, "trainer.max_epochs", int, 1, example="trainer.max_epochs=3")
+    _number(cfg, "optimizer.lr", float, 0, exclusive=True, example="optimizer.lr=5e-5")
+    _number(cfg, "data.batch_size", int, 1, optional=False, example="data.batch_size=32")
+    _number(cfg, "data.eval_batch_size", int, 1, example="data.eval_batch_size=64")
+    _number(cfg, "data.effective_batch_size", int, 1, example="data.effective_batch_size=128")
+    _number(cfg, "num_groups", int, 1, optional=False, example="num_groups=4")
+    _number(cfg, "max_failure_rate", float, 0, example="max_failure_rate=0.25")
+    if _get_value(cfg, "task.name") == "files":
+        missing = [k for k in ("train", "validation") if _missing(cfg, f"task.{k}")]
+        if missing:
+            raise ConfigError(f"task=files needs your data files: set {' and '.join(f'task.{k}=PATH' for k in missing)}"
+                              " (CSV/TSV or JSONL with the columns task.text_fields and task.label_field)")
+    space = _get_value(cfg, "space")
+    if space:
+        check_space(space)
+
+
+def check_space(space: Any) -> None:
+    """Checks of a `space:` block (sample count, tasks, seeds)."""
+    from pdspace.data.tasks import DataError, get_task
+
+    _number(space, "num_samples", int, 1, optional=False, example="space.num_samples=20", prefix="space.")
+    _number(space, "max_failure_rate", float, 0, example="space.max_failure_rate=0.25", prefix="space.")
+    tasks = plain(_get_value(space, "tasks")) or []
+    if not tasks:
+        raise ConfigError("the space lists no tasks; set space.tasks=[sst2] (or several)")
+    for task in tasks:
+        try:
+            get_task(str(task))
+        except DataError as e:
+            raise ConfigError(f"space.tasks: {e}") from None
+    seeds = plain(_get_value(space, "seeds")) or []
+    if not seeds:
+        raise ConfigError("the space lists no training seeds; set space.seeds=[0] (or several)")
+
+
+def _get_value(cfg: Any, key: str) -> Any:
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    return _get(cfg, key)
+
+
+def _missing(cfg: Any, key: str) -> bool:
+    if OmegaConf.is_config(cfg):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return node is None or leaf not in node or OmegaConf.is_missing(node, leaf) or node[leaf] is None
+    return _get(cfg, key) in (None, "???")
+
+
+# ------------------------------------------------------------------------------------- fingerprints
+
+# keys that never change what a job computes: where things go, how they are logged, how a sweep is run
+NON_RESULT_KEYS = ("labels", "logger", "callbacks", "space", "method", "dry_run", "max_failure_rate", "ckpt_path",
+                   "checkpoint_every_n_steps", "save_checkpoint", "data.cache_dir", "data.num_workers",
+                   "data.eval_batch_size", "task.glue_dir", "trainer.log_every_n_steps",
+                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing")
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a composed config (plain dict) that determines a job's result."""
+    out = json.loads(json.dumps(plain(config), default=str))
+    out.pop("hydra", None)
+    for key in NON_RESULT_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = _get(out, parent) if parent else out
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+    """A short hash of `settings(config)`: equal for two jobs that compute the same thing."""
+    text = json.dumps(settings(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            yield from _flat(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, value
+
+
+def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between the settings of two configs, with both values."""
+    a, b = dict(_flat(settings(old))), dict(_flat(settings(new)))
+    return [f"{k} ({a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r})" for k in sorted(set(a) | set(b))
+            if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+# ------------------------------------------------------------------------------------- one line
+
+
+OVERRIDE_HINT = ("write key=value, quote lists for the shell (e.g. 'grouping.choice=[1,2,2,1]'), see "
+                 "https://hydra.cc/docs/advanced/override_grammar/basic/")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Parse each command-line override alone, so a malformed one is named (Hydra's parser does not say which)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    for override in get_args_parser().parse_known_args(argv)[0].overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except OverrideParseException as e:
+            raise ConfigError(f"malformed override {override!r} ({str(e).splitlines()[0]}); {OVERRIDE_HINT}") from None
+
+
+def one_line(ex: BaseException) -> str | None:
+    """A config/user error as one line with its fix; None for anything else (a bug keeps its traceback)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(ex, PDSpaceError):
+        return str(ex)
+    if isinstance(ex, OverrideParseException):
+        reason = str(ex).splitlines()[0].strip()
+        return f"malformed override ({reason}); {OVERRIDE_HINT}"
+    if isinstance(ex, MissingConfigException):
+        text = str(ex)
+        m = re.search(r"Could not find '([^']+)'", text)
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        what = m.group(1) if m else text.splitlines()[0]
+        known = f"; known: {', '.join(options)}" if options else ""
+        return f"unknown config {what!r}{known}"
+    cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    if isinstance(cause, OmegaConfBaseException):
+        return _omegaconf_line(cause, str(ex) if cause is not ex else "")
+    if isinstance(ex, ConfigCompositionException):
+        return " ".join(str(ex).split())
+    return None
+
+
+def _omegaconf_line(err: Any, context: str) -> str:
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = getattr(err, "full_key", None) or "?"
+    message = str(err).splitlines()[0].strip()
+    m = re.search(r"override '?([^'\s]+?)'?\.?(\s|$)", context)
+    where = m.group(1) if m else key
+    if isinstance(err, MissingMandatoryValue):
+        return f"{key} has no value; set {key}=..."
+    if isinstance(err, ConfigKeyError):
+        known = _known_keys(err)
+        return f"{where}: {message}" + (f"; known keys: {', '.join(known)}" if known else "") + \
+            " (add a new key with +key=value only where a block is free-form)"
+    if isinstance(err, ValidationError):
+        m2 = re.search(r"could not be converted to (\w+)", message)
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(
+            m2.group(1) if m2 else "", "a value of the right type")
+        return f"{where}: {message}; give {kind}"
+    return f"{where}: {message}"
+
+
+def _known_keys(err: Any) -> list[str]:
+    node = getattr(err, "parent_node", None) or getattr(err, "object_type", None)
+    try:
+        if OmegaConf.is_config(node):
+            return sorted(str(k) for k in node.keys())
+        if isinstance(node, type):
+            return sorted(node.__dataclass_fields__)
+    except Exception:  # noqa: BLE001 - only a hint
+        pass
+    return []
+
+
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """Inside: Hydra reports config/user errors as `prog: error: <one line>` (exit 1), bugs as before."""
+    import hydra._internal.hydra as hydra_core
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"{prog}: error: {e}")
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as ex:
+            line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else one_line(ex)
+            if line is None:
+                error = ex
+
+                def again() -> Any:
+                    raise error
+                return original(again)
+            sys.exit(f"{prog}: error: {line}")
+
+    hydra_utils.run_and_report = hydra_core.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = hydra_core.run_and_report = original

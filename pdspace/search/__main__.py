@@ -1,0 +1,5 @@
+"""`python -m pdspace.search` = `pdspace-search`."""
+
+from pdspace.search.greedy import main
+
+main()

@@ -1,0 +1,115 @@
+"""A multirun's life in the pdspace sweeper: plan the jobs, skip the done ones, refuse changed settings,
+launch the rest through any Hydra launcher, summarise, and fail past the allowed failure rate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdspace import results
+from pdspace.config import ConfigError, PDSpaceError, check_config, differing_keys, fingerprint
+
+log = logging.getLogger("pdspace.sweeper")
+
+
+class SweepFailed(PDSpaceError):
+    """More jobs failed than the sweep allows (every job's result is on disk)."""
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep: its number (= its subdir) and its overrides."""
+
+    idx: int
+    overrides: list[str]
+    label: str
+
+
+def plan_jobs(config: Any, arguments: Sequence[str], parser: Any) -> tuple[list[SweepJob], Path]:
+    """The sweep's jobs: designs sampled from `config.space`, or the grid of the command line's sweeps."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    from pdspace.search.plans import budget_check, load_or_write_plan, make_plan
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    check_config(config)
+    parsed = parser.parse_overrides(list(arguments))
+    block = config.get("space")
+    if not block:
+        # job numbers follow Hydra's basic sweeper (the cartesian product, last key fastest)
+        combos = [list(c) for batch in BasicSweeper.split_arguments(parsed, None) for c in batch]
+        return [SweepJob(i, [*c, f"hydra.sweep.subdir={i}"], " ".join(o.split("=", 1)[1] for o in c) or "-")
+                for i, c in enumerate(combos)], sweep_dir
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    if swept:
+        raise ConfigError(f"the space sampler makes its own jobs; instead of {swept} set space.tasks=[..], "
+                          "space.seeds=[..] or space.num_samples")
+    num_layers, check = budget_check(config.backbone, config.budget_fraction, config.get("peft"))
+    plan = make_plan(block, num_layers, int(config.get("num_groups", 4)), check)
+    load_or_write_plan(sweep_dir, block, num_layers, plan)
+    if plan.rejected:
+        log.info("%d sampled designs cannot be built at budget_fraction=%s and were redrawn (listed in %s)",
+                 len(plan.rejected), config.budget_fraction, sweep_dir / "samples.yaml")
+    return [SweepJob(j.idx, j.overrides() + list(arguments), f"{j.task} {j.design}") for j in plan.jobs], sweep_dir
+
+
+def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher: Any,
+                job_config: Callable[[list[str]], dict[str, Any]]) -> list[Any]:
+    """Launch the jobs not completed before (refusing dirs that hold other settings); summarise; check failures."""
+    pending, refused, done, busy = [], [], 0, 0
+    for job in jobs:
+        job_dir = sweep_dir / str(job.idx)
+        if results.is_locked(job_dir):
+            busy += 1  # another process trains it right now
+            continue
+        try:
+            prior = results.read(job_dir / results.RESULT_FILE) if (job_dir / results.RESULT_FILE).exists() else None
+        except results.ResultError:
+            prior = None
+        if prior is not None and prior["status"] != "dry_run" and isinstance(prior.get("config"), dict):
+            new = job_config(job.overrides)
+            if fingerprint(prior["config"]) != fingerprint(new):
+                refused.append(f"job {job.idx}: {'; '.join(differing_keys(prior['config'], new)[:6])}")
+                continue
+        if prior is not None and prior["status"] == "completed":
+            done += 1
+            continue
+        pending.append(job)
+    if refused:
+        raise ConfigError(f"{len(refused)} job dirs of {sweep_dir} hold runs made with other settings "
+                          f"({' | '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}); relaunch with the same "
+                          "settings to resume, or choose a new hydra.sweep.dir")
+    log.info("sweep %s: %d jobs, %d completed before, %d running elsewhere, launching %d", sweep_dir, len(jobs),
+             done, busy, len(pending))
+    returns = launcher.launch([j.overrides for j in pending], initial_job_idx=0) if pending else []
+    limit = config.space.get("max_failure_rate") if config.get("space") else None
+    summarise(jobs, sweep_dir, config.max_failure_rate if limit is None else limit)
+    return [returns]
+
+
+def summarise(jobs: Sequence[SweepJob], sweep_dir: Path, max_failure_rate: float) -> None:
+    """Log one line per job; raise `SweepFailed` (after the lines) when too many jobs failed."""
+    lines, failed = [], []
+    for job in jobs:
+        path = sweep_dir / str(job.idx) / results.RESULT_FILE
+        try:
+            r = results.read(path)
+            status, error = r["status"], r.get("error") or r.get("status_note")
+        except results.ResultError as e:
+            r, status, error = {}, "unreadable" if path.exists() else "missing", str(e) if path.exists() else None
+        if status in (*results.FAILED_STATUSES, "unreadable", "missing"):
+            failed.append(job.idx)
+        value = results.objective(r)
+        shown = f"{value:.4f}" if value is not None else "-"
+        lines.append(f"  {job.idx:>4} {status:<11} {shown:>8}  {job.label}" + (f"  ({error})" if error else ""))
+    completed = len(jobs) - len(failed)
+    log.info("\n".join([f"sweep {sweep_dir}: {completed}/{len(jobs)} jobs without failure", *lines]))
+    if jobs and len(failed) / len(jobs) > max_failure_rate:
+        raise SweepFailed(f"{len(failed)} of {len(jobs)} jobs did not complete (jobs {failed[:10]}"
+                          f"{' ...' if len(failed) > 10 else ''}); the sweep allows a failure rate of "
+                          f"{max_failure_rate}; see their result.json under {sweep_dir}, fix the cause and relaunch "
+                          "the same command to resume")

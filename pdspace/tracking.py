@@ -1,0 +1,107 @@
+"""Loggers (W&B, CSV) for runs and reports: W&B mode, one run per job dir, names, tags, the objective key.
+
+W&B is a mirror of the result files: a failure to log never fails a job or a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import OmegaConf
+
+log = logging.getLogger("pdspace")
+# every run logs its task objective under this key, with a `max` summary: dashboards sort any sweep by it
+OBJECTIVE_KEY = "objective"
+
+
+def wandb_mode(explicit: str | None) -> str:
+    """The W&B mode to use: the explicit one, $WANDB_MODE, online with an API key, else offline."""
+    if explicit:
+        return explicit
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    # no API key: keep the run locally; `wandb sync` uploads it later
+    return "offline"
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (kept in result.json, so a resumed job continues the same run)."""
+    return uuid.uuid4().hex[:12]
+
+
+def make_loggers(logger_cfg: Any, out: Path, *, name: str, group: str | None, run_id: str | None,
+                 config: dict[str, Any]) -> list[Any]:
+    """Instantiate the configured Lightning loggers; a W&B run starts now, with `config` logged, resuming `run_id`."""
+    loggers = []
+    for conf in (logger_cfg or {}).values():
+        conf = OmegaConf.to_container(conf, resolve=True) if OmegaConf.is_config(conf) else dict(conf)
+        target = conf.get("_target_", "")
+        if conf.get("save_dir") is None:
+            conf["save_dir"] = str(out)
+        wandb = target.endswith("WandbLogger")
+        if wandb:
+            conf["mode"] = wandb_mode(conf.get("mode"))
+            conf["group"] = conf.get("group") or group
+            conf["name"] = conf.get("name") or name
+            if run_id:
+                conf.update(id=run_id, resume="allow")
+        logger = hydra.utils.instantiate(conf)
+        if wandb:
+            # the run starts before anything can fail, with the composed config, so a failed job shows its design
+            run = logger.experiment
+            run.config.update(config, allow_val_change=True)
+            run.define_metric(OBJECTIVE_KEY, summary="max")
+        loggers.append(logger)
+    return loggers
+
+
+def wandb_run(loggers: list[Any]) -> Any:
+    """The W&B run among `loggers` (None without one)."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            return lg.experiment
+    return None
+
+
+def describe(loggers: list[Any], *, name: str | None = None, config: dict[str, Any] | None = None,
+             tags: list[str] | None = None) -> None:
+    """Rename the W&B run, add config entries and tags (no-op without W&B)."""
+    run = wandb_run(loggers)
+    if run is None:
+        return
+    try:
+        if name:
+            run.name = name
+        if config:
+            run.config.update(config, allow_val_change=True)
+        if tags:
+            run.tags = tuple(sorted(set(run.tags or ()) | set(tags)))
+    except Exception as e:  # noqa: BLE001 - W&B is a mirror
+        warnings.warn(f"W&B update failed ({type(e).__name__}: {e})", stacklevel=2)
+
+
+def finish(loggers: list[Any], status: str) -> None:
+    """End every logger; a W&B run of a failed or interrupted job is marked failed (exit code 1)."""
+    bad = status in ("failed", "interrupted")
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if bad else 0)
+        else:
+            lg.finalize("failed" if bad else "success")

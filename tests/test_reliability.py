@@ -1,0 +1,235 @@
+"""Sweeps that lose nothing, mix nothing and say where things went; failures that end as they should."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pdspace import results, tracking
+from pdspace.data import PDSpaceDataModule
+from pdspace.search.refine import main as refine_main
+
+TESTS = Path(__file__).resolve().parent
+FAST = ["backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=1", "task.max_train_samples=32",
+        "task.max_eval_samples=16", "data.batch_size=16"]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
+    "PYTHONPATH", "")])}
+
+
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}
+
+
+# --------------------------------------------------------------------------- a relaunch never mixes settings
+
+
+@pytest.mark.parametrize("sweep", [["space=S0", "space.num_samples=2", "space.tasks=[synthetic_cls]"], ["seed=0,1"]],
+                         ids=["space", "plain"])
+def test_a_relaunch_with_other_settings_is_refused_naming_the_keys(launch, tmp_path, sweep):
+    first = launch(*FAST, *sweep, multirun=True)
+    assert [r["status"] for r in first] == ["completed"] * 2
+    stamps = _stamps(tmp_path / "sweep")
+    # the same settings: nothing is trained again
+    assert launch(*FAST, *sweep, multirun=True) == first and _stamps(tmp_path / "sweep") == stamps
+    for change, key in (("optimizer.lr=0.5", "optimizer.lr (5e-05 -> 0.5)"),
+                        ("trainer.max_epochs=2", "trainer.max_epochs (1 -> 2)"),
+                        ("budget_fraction=0.01", "budget_fraction (0.005 -> 0.01)")):
+        with pytest.raises(SystemExit) as exit_:
+            launch(*FAST, *sweep, change, multirun=True)
+        text = str(exit_.value.code)
+        assert "hold runs made with other settings" in text and key in text and "\n" not in text, text
+        assert _stamps(tmp_path / "sweep") == stamps  # nothing was touched
+
+
+def test_a_single_run_in_a_used_dir_with_other_settings_is_refused(launch, tmp_path):
+    (r,) = launch(*FAST)
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "optimizer.lr=0.5")
+    assert "optimizer.lr (5e-05 -> 0.5)" in str(exit_.value.code)
+    assert results.read(tmp_path / "run" / "result.json")["fingerprint"] == r["fingerprint"]
+    (again,) = launch(*FAST)  # same settings: the completed run stands
+    assert again["ended"] == r["ended"]
+
+
+# --------------------------------------------------------------------------- a tokenisation cache keyed on content
+
+
+def test_an_edited_data_file_never_hits_a_stale_cache(tmp_path):
+    from pdspace.archs import build_model  # noqa: F401 - transformers warm-up
+    from pdspace.backbones import load_tokenizer
+
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = [("a fine film", 1), ("a dull film", 0), ("great fun", 1), ("so boring", 0)]
+    for name in ("train", "dev"):
+        (glue / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    tok = load_tokenizer("minilm")
+
+    def labels() -> list[int]:
+        PDSpaceDataModule.clear_memory_cache()
+        dm = PDSpaceDataModule("sst2", tok, glue_dir=str(tmp_path / "glue"), cache_dir=str(tmp_path / "cache"))
+        dm.setup("fit")
+        return list(dm._data["train"].columns["labels"])
+
+    assert labels() == [1, 0, 1, 0]
+    path = glue / "train.tsv"
+    stat = path.stat()
+    # flip every label: same size, same modification time; only the content says it changed
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{1 - y}\n" for s, y in rows))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert labels() == [0, 1, 0, 1]
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows[:2]))  # truncated
+    assert labels() == [1, 0]
+
+
+# --------------------------------------------------------------------------- run dirs that never collide
+
+
+def test_runs_started_in_the_same_second_get_their_own_dirs(tmp_path, monkeypatch):
+    import hydra.core.utils as hydra_utils
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pdspace import train
+
+    class Frozen:
+        @staticmethod
+        def now():
+            from datetime import datetime
+            return datetime(2026, 11, 23, 12, 0, 0)
+
+    monkeypatch.setattr(hydra_utils, "datetime", Frozen)  # both runs start "in the same second"
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["pdspace-train", "backbone=tiny-bert", "dry_run=true", "logger=none"])
+        GlobalHydra.instance().clear()
+        train.main()
+    runs = sorted(p.parent for p in (tmp_path / "outputs").glob("*/result.json"))
+    assert len(runs) == 2 and all(p.name.startswith("2026-11-23_12-00-00_sst2_") for p in runs)
+    GlobalHydra.instance().clear()
+
+
+# --------------------------------------------------------------------------- failed sweeps say so, after a summary
+
+
+def test_a_plain_multirun_all_failed_exits_non_zero_after_its_summary(launch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "grouping.choice=[4,8,8,4],[8,4,4,8]", multirun=True)
+    out = capsys.readouterr()
+    assert "0/2 jobs without failure" in out.out + out.err
+    assert str(exit_.value.code).startswith("pdspace-train: error: 2 of 2 jobs did not complete")
+
+
+def test_dry_runs_are_no_failures(launch):
+    assert [r["status"] for r in launch(*FAST, "dry_run=true", "seed=0,1", multirun=True)] == ["dry_run"] * 2
+
+
+# --------------------------------------------------------------------------- the README's refinement command
+
+
+def test_refine_with_config_dir_and_name_writes_the_narrowed_space(launch, tmp_path):
+    launch(*FAST, "space=S0", "space.num_samples=1", "space.controlled=allocation", "space.tasks=[synthetic_cls]",
+           multirun=True)
+    conf = tmp_path / "conf"
+    assert refine_main([str(tmp_path / "sweep"), "--dimension", "allocation", "--config-dir", str(conf),
+                        "--name", "my_S1"]) == 0
+    written = OmegaConf.load(conf / "space" / "my_S1.yaml")
+    assert written.space.name == "my_S1" and written.space.allocation in ("increasing", "uniform", "decreasing")
+    # the README's next command composes with it
+    (r,) = launch(*FAST, f"hydra.searchpath=[file://{conf}]", "space=my_S1", "dry_run=true")
+    assert r["config"]["space"]["name"] == "my_S1"
+
+
+# --------------------------------------------------------------------------- interrupted runs say so
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_run_says_interrupted_and_resumes(tmp_path, name):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pdspace.train", *FAST, "trainer.max_epochs=2", "data.batch_size=4",
+           "logger=none", "callbacks=default", "~callbacks.progress", "checkpoint_every_n_steps=2",
+           f"hydra.run.dir={run}", f"data.cache_dir={tmp_path}/cache"]
+    proc = subprocess.run([*cmd, "+callbacks.stop._target_=killswitch.SignalAt", "+callbacks.stop.step=5",
+                           f"+callbacks.stop.name={name}"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    r = results.read(run / "result.json")
+    assert r["status"] == "interrupted", r.get("error")
+    assert f"hydra.run.dir={run}" in proc.stderr + proc.stdout  # how to resume it
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    r = results.read(run / "result.json")
+    assert r["status"] == "completed" and r["resumed_from"]["global_step"] == 4 and r["global_step"] == 16
+
+
+# --------------------------------------------------------------------------- two launches never train a job twice
+
+
+def test_two_identical_sweeps_into_one_dir_train_each_job_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "pdspace.train", "-m", "space=S0", "space.num_samples=4",
+           "space.tasks=[synthetic_cls]", *FAST, "task.max_train_samples=256", "logger=none", "callbacks=none",
+           f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path}/cache"]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    found = results.read_all(results.sweep_paths(sweep))[0]
+    assert [r["status"] for r in found] == ["completed"] * 4
+    # every job was trained by exactly one of the two processes
+    trained = sum(o.count("completed: run dir") for o in outs)
+    assert trained == 4, outs
+
+
+# --------------------------------------------------------------------------- runs you can find
+
+
+def test_a_run_ends_with_its_dir_and_result_path(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pdspace.train", *FAST, "logger=csv", f"hydra.run.dir={tmp_path}"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = [line for line in (proc.stdout + proc.stderr).splitlines() if "pdspace" in line][-1]
+    assert f"completed: run dir {tmp_path}; result {tmp_path / 'result.json'}" in last
+
+
+def test_wandb_runs_are_named_by_design_and_seed_and_keep_the_config_of_a_failed_job(launch, monkeypatch, tmp_path):
+    seen = []
+    finish = tracking.finish
+
+    def spy(loggers, status):
+        run = tracking.wandb_run(loggers)
+        if run is not None:
+            seen.append({"name": run.name, "id": run.id, "config": dict(run.config), "status": status,
+                         "objective": run.summary.get("objective")})
+        finish(loggers, status)
+
+    monkeypatch.setattr(tracking, "finish", spy)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    found = launch(*FAST, "max_failure_rate=1", "seed=0,1", "budget_fraction=0.005,0.00001", multirun=True,
+                   logger="wandb")
+    assert [r["status"] for r in found] == ["completed", "failed", "completed", "failed"]
+    ok, bad = seen[0], seen[1]
+    assert ok["name"] == f"synthetic_cls.{found[0]['design_id']}.seed0" and seen[2]["name"].endswith(".seed1")
+    assert ok["id"] == found[0]["tracking"]["wandb_id"] and ok["objective"] is not None
+    # the failed job's run carries its composed config: a dashboard shows which design and budget failed
+    assert bad["status"] == "failed" and bad["config"]["budget_fraction"] == 0.00001
+    assert bad["config"]["grouping"] == {"choice": "spindle"} and bad["name"].startswith("synthetic_cls.")
+
+
+def test_a_resumed_job_continues_its_wandb_run(launch, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    (first,) = launch(*FAST, "dry_run=false", "trainer.max_epochs=1", logger="wandb")
+    run_id = first["tracking"]["wandb_id"]
+    # a relaunch into the same dir (here after a failure) logs to the same W&B run
+    path = tmp_path / "run" / "result.json"
+    results.write(path, {**{k: v for k, v in first.items() if not k.startswith("_")}, "status": "interrupted"})
+    (second,) = launch(*FAST, "trainer.max_epochs=1", logger="wandb")
+    assert second["tracking"]["wandb_id"] == run_id
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run_id in r.name for r in runs)
