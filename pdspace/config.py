@@ -101,6 +101,18 @@ class SpaceConf:
     # null: the top-level max_failure_rate
     max_failure_rate: Optional[float] = None
     num_groups: Optional[int] = None
+    # the strategy letters the space draws from (the paper's four; a registered fifth such as I opens more)
+    letters: str = "APBL"
+
+
+@dataclass
+class TrainingConf:
+    """How the training step runs (not what it computes)."""
+
+    # torch.compile the patched model (see pdspace.module); false: eager
+    compile: bool = False
+    # torch.compile's mode (null: its default)
+    compile_mode: Optional[str] = None
 
 
 @dataclass
@@ -132,6 +144,7 @@ class TrainConf:
     save_checkpoint: bool = True
     ckpt_path: Optional[str] = "last"
     checkpoint_every_n_steps: int = 100
+    train: TrainingConf = field(default_factory=TrainingConf)
 
 
 def register() -> None:
@@ -183,6 +196,7 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
 
 # blocks with a schema; `+block.key=...` (Hydra's force-add) gets past composition, so they are checked again
 TYPED_BLOCKS = {"peft": PeftConf, "data": DataConf, "scheduler": SchedulerConf, "backbone": BackboneConf,
+                "train": TrainingConf,
                 "space": SpaceConf, "grouping": DimensionConf, "allocation": DimensionConf, "tunable": DimensionConf,
                 "strategy": DimensionConf}
 
@@ -266,6 +280,7 @@ def _missing(cfg: Any, key: str) -> bool:
 
 # keys that never change what a job computes: where things go, how they are logged, how a sweep is run
 NON_RESULT_KEYS = ("labels", "logger", "callbacks", "space", "method", "dry_run", "max_failure_rate", "ckpt_path",
+                   "train.compile", "train.compile_mode",
                    "checkpoint_every_n_steps", "save_checkpoint", "data.cache_dir", "data.num_workers",
                    "data.eval_batch_size", "task.glue_dir", "trainer.log_every_n_steps",
                    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing")

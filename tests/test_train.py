@@ -171,7 +171,7 @@ def test_minilm_sst2_2k_one_epoch_is_well_above_chance(launch):
     (r,) = launch("experiment=quick_sst2", f"task.glue_dir={GLUE_DIR}")
     _complete(r)
     assert r["backbone"] == "minilm" and r["data"]["rows"] == {"train": 2000, "validation": 872}
-    # seen on 2 CPU cores: 0.782 (seed 0); chance is 0.509 (444 / 872 positive)
+    # seen on 2 CPU cores: 0.794 (seed 0, 2026-11-23); chance is 0.509 (444 / 872 positive)
     assert r["objective"]["value"] >= 0.70, r["metrics"]
 
 
