@@ -103,6 +103,20 @@ class SpaceConf:
     num_groups: Optional[int] = None
     # the strategy letters the space draws from (the paper's four; a registered fifth such as I opens more)
     letters: str = "APBL"
+    # how designs are chosen: random (the plan above), tpe or gp (Optuna studies, one per task)
+    search: str = "random"
+    # stop weak designs early: none, successive_halving, hyperband (resources = evaluations)
+    pruner: str = "none"
+    # trials of a tpe/gp study per task (null: num_samples)
+    trials: Optional[int] = None
+    # what a study optimises: [score], or [score, trainable_params | step_time] for a Pareto front
+    objectives: list[str] = field(default_factory=lambda: ["score"])
+    # the study's SQLAlchemy URL (null: sqlite:///<sweep dir>/study.db)
+    storage: Optional[str] = None
+    # random trials before the model (null: max(4, min(10, trials // 4)))
+    startup_trials: Optional[int] = None
+    # evaluations of a full run, Hyperband's max resource (null: trainer.max_epochs x evaluations per epoch)
+    max_resource: Optional[int] = None
 
 
 @dataclass

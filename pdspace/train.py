@@ -262,6 +262,7 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
     if rank0:
         results.write(out / RESULT_FILE, result)
     loggers: list[Any] = []
+    trial: Any = None
     try:
         with _sigterm_interrupts():
             check_config(cfg)
@@ -272,7 +273,12 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
                 group = Path(HydraConfig.get().sweep.dir).name if _in_multirun() else None
                 loggers = tracking.make_loggers(cfg.get("logger"), out, name=f"{cfg.task.name}.{out.name}",
                                                 group=group, run_id=wandb_id, config=config)
-            objective = _run(cfg, out, result, loggers, clock)
+            if _in_multirun() and rank0:
+                from pdspace.search.study import job_for
+
+                # a study's job: its trial (asked below, once the backbone is known) picks or logs its design
+                trial = job_for(cfg, Path(HydraConfig.get().sweep.dir), prior)
+            objective = _run(cfg, out, result, loggers, clock, trial)
     except (JobInterrupted, KeyboardInterrupt, SystemExit) as e:
         # Lightning turns Ctrl-C into SystemExit(1) after its own clean-up
         result["status"] = "interrupted"
@@ -281,14 +287,22 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
                   "same hydra.sweep.dir" if _in_multirun() else f"hydra.run.dir={out}")
         raise
     except Exception as e:  # noqa: BLE001 - every failure must end in result.json
-        result["status"] = "failed"
-        # a user error's message names the fix; anything else keeps its type (the traceback is in result.json)
-        result["user_error"] = isinstance(e, PDSpaceError)
-        result["error"] = str(e) if result["user_error"] else f"{type(e).__name__}: {e}"
-        result["traceback"] = traceback.format_exc()
         objective = float("nan")
-        if _in_multirun():
-            log.error("job failed: %s (traceback in %s)", result["error"], out / RESULT_FILE)
+        if type(e).__name__ == "TrialPruned":
+            # stopped by the study's pruner: neither a failure nor a finished design
+            result["status"], result["error"] = "pruned", str(e)
+            trial.tell("pruned")
+            tracking.describe(loggers, tags=["pruned"])
+        else:
+            result["status"] = "failed"
+            # a user error's message names the fix; anything else keeps its type (the traceback is in result.json)
+            result["user_error"] = isinstance(e, PDSpaceError)
+            result["error"] = str(e) if result["user_error"] else f"{type(e).__name__}: {e}"
+            result["traceback"] = traceback.format_exc()
+            if trial is not None:
+                trial.tell("failed")
+            if _in_multirun():
+                log.error("job failed: %s (traceback in %s)", result["error"], out / RESULT_FILE)
     finally:
         clock.lap("teardown")
         result["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -302,7 +316,8 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
     return objective
 
 
-def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any], clock: _Clock) -> float:
+def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any], clock: _Clock,
+         trial: Any = None) -> float:
     import lightning as L
 
     from pdspace.backbones import load_backbone
@@ -324,7 +339,8 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         result.update(design_id=FULL_DESIGN_ID, design=None, design_dims={"design_id": FULL_DESIGN_ID})
     else:
         num_layers = len(layer_map(bb.model))
-        design = build_design(cfg, num_layers)
+        design = (_trial_design(cfg, bb.model, num_layers, trial, out, result) if trial
+                  else build_design(cfg, num_layers))
         result.update(design_id=str(design), design=design.to_dict(), design_dims=design_dims(design))
         report = apply_design(bb.model, design, cfg.budget_fraction, **peft)
     result["params"] = {k: v for k, v in report.to_dict().items() if k != "design"}
@@ -335,6 +351,8 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     clock.lap("model_s")
     if cfg.dry_run:
         print(report.table())
+        if trial is not None:
+            trial.tell("failed")  # a dry run trains nothing: the study must not wait for it
         result["status"] = "dry_run"
         result["timings"] = dict(clock.marks)
         return float("nan")
@@ -364,7 +382,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                         checkpoint_path=ckpt, generation=plain(task.get("generation")))
     timer = EvalTimer()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
-        timer, FitState(out / FIT_STATE_FILE)]
+        timer, FitState(out / FIT_STATE_FILE)] + ([trial.callback(module.objective)] if trial else [])
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(precision=_precision(cfg.trainer), default_root_dir=str(out))
     resume = cfg.get("ckpt_path")
@@ -382,7 +400,16 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                                       enable_progress_bar=bool(cfg.get("callbacks")))
     result["batch"] = set_accumulation(trainer, int(cfg.data.batch_size), cfg.data.get("effective_batch_size"))
     clock.lap("setup_s")
-    trainer.fit(module, datamodule=dm, ckpt_path=(result.get("resumed_from") or {}).get("path"))
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=(result.get("resumed_from") or {}).get("path"))
+    except Exception as e:
+        if type(e).__name__ == "TrialPruned":
+            # the curve up to the pruning point, for the study report and the design table
+            result["metrics"] = {"per_epoch": module.history, "best": module.best}
+            result["objective"] = {"name": module.objective, "value": None}
+            result["pruned_at"] = len(module.history)
+            result["global_step"] = trainer.global_step
+        raise
     clock.lap("fit_s")
     if not module.history and (out / FIT_STATE_FILE).exists():
         # a spawning strategy (ddp_spawn) trained copies of the module: rank 0 left its metrics on disk
@@ -400,9 +427,29 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     result["objective"] = {"name": module.objective, "value": best}
     if ckpt is not None and ckpt.exists():
         result["checkpoint"] = str(ckpt)
+    if trial is not None:
+        from pdspace.search.study import objective_values
+
+        trial.tell("completed", objective_values(trial.spec, result))
     result["status"] = "completed"
     log.info("best %s = %.4f (epoch %d)", module.objective, best, module.best["epoch"])
     return best
+
+
+def _trial_design(cfg: DictConfig, model: Any, num_layers: int, trial: Any, out: Path,
+                  result: dict[str, Any]) -> Design:
+    """A study job's design: suggested by its trial (tpe/gp), or the plan's (random search), logged to the trial."""
+    from pdspace.search.plans import design_check, space_of
+
+    if trial.spec.search == "random":
+        design = trial.ask(None, lambda d: None, fixed=build_design(cfg, num_layers))
+    else:
+        space = space_of(cfg.space, num_layers, int(cfg.num_groups))
+        design = trial.ask(space, design_check(model, cfg.budget_fraction, cfg.get("peft")))
+    result["trial"] = trial.info()
+    # recorded while running: a killed job's relaunch finds its trial, fails it and trains its parameters again
+    results.write(out / RESULT_FILE, {**result, "status": "running"})
+    return design
 
 
 def _quiet() -> None:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from pdspace import results
 from pdspace.design.space import Design, DesignSpace
-from pdspace.search.greedy import STAGES, main
+from pdspace.search.cli import main
+from pdspace.search.greedy import STAGES
 
 
 def _results(root: Path) -> dict[Path, str]:

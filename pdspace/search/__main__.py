@@ -1,5 +1,5 @@
 """`python -m pdspace.search` = `pdspace-search`."""
 
-from pdspace.search.greedy import main
+from pdspace.search.cli import main
 
 main()

@@ -120,14 +120,16 @@ class Plan:
 Check = Callable[[Design], "str | None"]
 
 
-def make_plan(block: Mapping[str, Any], num_layers: int, num_groups: int = 4, check: Check | None = None) -> Plan:
+def make_plan(block: Mapping[str, Any], num_layers: int, num_groups: int = 4, check: Check | None = None,
+              space: Any = None) -> Plan:
     """Jobs for a `space:` block: `num_samples` distinct designs (seeded), each expanded over every option
     of the `controlled` dimension when one is set, crossed with `tasks` and `seeds`.
 
     `check(design)` says why a design cannot be built (None: it can); such a draw is redrawn (a controlled
-    base design is redrawn when any of its expansions fails) and listed in `Plan.rejected`.
+    base design is redrawn when any of its expansions fails) and listed in `Plan.rejected`. `space`
+    replaces the block's DesignSpace by anything that samples alike (a replay's recorded designs).
     """
-    space = space_of(block, num_layers, num_groups)
+    space = space if space is not None else space_of(block, num_layers, num_groups)
     n, seed = int(block.get("num_samples", 10)), int(block.get("seed", 0))
     tasks, seeds = list(block.get("tasks") or []), [int(s) for s in (block.get("seeds") or [0])]
     if not tasks:
@@ -178,18 +180,24 @@ def budget_check(backbone: Mapping[str, Any], budget_fraction: float | None,
     """(layer count, check) for a backbone config: `check(design)` says why the budget solver cannot build
     `design` (None: it can). The backbone is built on the meta device from its config: no weights."""
     from pdspace.backbones import load_backbone
-    from pdspace.design.budget import BudgetError, solve_budget
     from pdspace.peft.families import layer_map
-    from pdspace.peft.patch import count_params, layer_costs
 
     bb = plain(backbone)
     model = load_backbone(bb["name"], bb.get("path"), arch=bb.get("arch"), tokenizer=bb.get("tokenizer"),
                           overrides=bb.get("overrides") or None, meta=True).model
-    layers = layer_map(model)
+    return len(layer_map(model)), design_check(model, budget_fraction, peft)
+
+
+def design_check(model: Any, budget_fraction: float | None, peft: Mapping[str, Any] | None = None) -> Check:
+    """`check(design)`: why the budget solver cannot build `design` on `model` (None: it can)."""
+    from pdspace.design.budget import BudgetError, solve_budget
+    from pdspace.peft.families import layer_map
+    from pdspace.peft.patch import count_params, layer_costs
+
     peft = plain(peft) or {}
     if peft.get("full_finetune") or peft.get("sizes"):
-        return len(layers), lambda design: None  # nothing to solve
-    costs = [layer_costs(layer) for layer in layers]
+        return lambda design: None  # nothing to solve
+    costs = [layer_costs(layer) for layer in layer_map(model)]
     total = count_params(model)[0]
 
     def check(design: Design) -> str | None:
@@ -199,13 +207,17 @@ def budget_check(backbone: Mapping[str, Any], budget_fraction: float | None,
             return str(e)
         return None
 
-    return len(layers), check
+    return check
 
 
-def load_or_write_plan(sweep_dir: Path, block: Mapping[str, Any], num_layers: int, plan: Plan) -> None:
-    """Write samples.yaml, or check that an existing one (a resumed sweep) holds the same plan."""
+def load_or_write_plan(sweep_dir: Path, block: Mapping[str, Any], num_layers: int, plan: Plan,
+                       rows: list[dict[str, Any]] | None = None) -> None:
+    """Write samples.yaml, or check that an existing one (a resumed sweep) holds the same plan.
+
+    `rows` replace the plan's jobs where a study, not the plan, picks the designs (one row per trial slot)."""
     path = Path(sweep_dir) / PLAN_FILE
-    data = {"space": plain(block), "num_layers": num_layers, "jobs": [j.to_dict() for j in plan.jobs],
+    data = {"space": plain(block), "num_layers": num_layers,
+            "jobs": rows if rows is not None else [j.to_dict() for j in plan.jobs],
             "rejected": {"count": len(plan.rejected), "designs": dict(plan.rejected)}}
     if path.exists():
         old = OmegaConf.to_container(OmegaConf.load(path))

@@ -11,6 +11,7 @@ from typing import Any
 
 from pdspace import results
 from pdspace.config import ConfigError, PDSpaceError, check_config, differing_keys, fingerprint
+from pdspace.search.study import StudySpec, open_study, study_spec
 
 log = logging.getLogger("pdspace.sweeper")
 
@@ -49,12 +50,61 @@ def plan_jobs(config: Any, arguments: Sequence[str], parser: Any) -> tuple[list[
         raise ConfigError(f"the space sampler makes its own jobs; instead of {swept} set space.tasks=[..], "
                           "space.seeds=[..] or space.num_samples")
     num_layers, check = budget_check(config.backbone, config.budget_fraction, config.get("peft"))
-    plan = make_plan(block, num_layers, int(config.get("num_groups", 4)), check)
-    load_or_write_plan(sweep_dir, block, num_layers, plan)
-    if plan.rejected:
-        log.info("%d sampled designs cannot be built at budget_fraction=%s and were redrawn (listed in %s)",
-                 len(plan.rejected), config.budget_fraction, sweep_dir / "samples.yaml")
-    return [SweepJob(j.idx, j.overrides() + list(arguments), f"{j.task} {j.design}") for j in plan.jobs], sweep_dir
+    specs = study_specs(config, sweep_dir)
+    first = next(iter(specs.values()))
+    if first.search != "random":
+        jobs = study_jobs(block, specs, sweep_dir, num_layers, arguments)
+    else:
+        plan = make_plan(block, num_layers, int(config.get("num_groups", 4)), check)
+        load_or_write_plan(sweep_dir, block, num_layers, plan)
+        if plan.rejected:
+            log.info("%d sampled designs cannot be built at budget_fraction=%s and were redrawn (listed in %s)",
+                     len(plan.rejected), config.budget_fraction, sweep_dir / "samples.yaml")
+        # with a pruner, each job reports its curve to the study of its task (its design stays the plan's)
+        slot = (lambda j: [f"+labels.trial_slot={j.idx}"]) if first.uses_study() else (lambda j: [])
+        jobs = [SweepJob(j.idx, j.overrides() + slot(j) + list(arguments), f"{j.task} {j.design}")
+                for j in plan.jobs]
+    for spec in specs.values():
+        if spec.uses_study():
+            open_study(spec, create=True)
+    return jobs, sweep_dir
+
+
+def study_specs(config: Any, sweep_dir: Path) -> dict[str, StudySpec]:
+    """The study settings of a space sweep, one study per task."""
+    from pdspace.search.study import _evals_per_epoch
+
+    block = config.space
+    trainer = config.get("trainer") or {}
+    evals = _evals_per_epoch(trainer.get("val_check_interval"))
+    specs = {str(t): study_spec(block, sweep_dir, str(t), trainer.get("max_epochs"), evals) for t in block.tasks}
+    if next(iter(specs.values())).search != "random" and len(block.seeds) > 1:
+        raise ConfigError("a study trains each trial once, with one seed: set space.seeds=[0] (train the found "
+                          "design over more seeds afterwards)")
+    return specs
+
+
+def study_jobs(block: Any, specs: dict[str, StudySpec], sweep_dir: Path, num_layers: int,
+               arguments: Sequence[str]) -> list[SweepJob]:
+    """One job per trial slot and task; each job asks its task's study for its design."""
+    from pdspace.search.plans import PLAN_FILE, Plan, load_or_write_plan
+
+    jobs, rows = [], []
+    seed = int(block.seeds[0])
+    for task, spec in specs.items():
+        for slot in range(spec.trials):
+            idx = len(jobs)
+            jobs.append(SweepJob(idx, [f"task={task}", f"seed={seed}", f"hydra.sweep.subdir={idx}",
+                                       f"+labels.trial_slot={slot}", f"+labels.space={block.get('name', 'space')}",
+                                       *arguments], f"{task} trial slot {slot} ({spec.search})"))
+            rows.append({"idx": idx, "task": task, "seed": seed, "slot": slot, "search": spec.search,
+                         "pruner": spec.pruner, "objectives": spec.objectives})
+    plan = Plan([], {})
+    load_or_write_plan(sweep_dir, block, num_layers, plan, rows=rows)
+    log.info("%s study on %s: %d trials per task, pruner %s (plan in %s)", next(iter(specs.values())).search,
+             ", ".join(specs), next(iter(specs.values())).trials, next(iter(specs.values())).pruner,
+             sweep_dir / PLAN_FILE)
+    return jobs
 
 
 def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher: Any,
@@ -87,8 +137,18 @@ def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher
              done, busy, len(pending))
     returns = launcher.launch([j.overrides for j in pending], initial_job_idx=0) if pending else []
     limit = config.space.get("max_failure_rate") if config.get("space") else None
-    summarise(jobs, sweep_dir, config.max_failure_rate if limit is None else limit)
+    try:
+        summarise(jobs, sweep_dir, config.max_failure_rate if limit is None else limit)
+    finally:
+        if config.get("space"):
+            from pdspace.search.study_report import write_study_reports
+
+            write_study_reports(study_specs(config, sweep_dir), sweep_dir, wandb=_wandb_on(config))
     return [returns]
+
+
+def _wandb_on(config: Any) -> bool:
+    return any("Wandb" in str((c or {}).get("_target_", "")) for c in (config.get("logger") or {}).values())
 
 
 def summarise(jobs: Sequence[SweepJob], sweep_dir: Path, max_failure_rate: float) -> None:

@@ -1,0 +1,192 @@
+"""The study report: best design and top-k with their curves, parameter importances (fANOVA), the
+optimisation history, the pruned runs and where they stopped, the Pareto front of a multi-objective
+study; markdown + PNG in the sweep dir (beside refine_report.md), and to W&B when it is on."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pdspace import results
+from pdspace.search.study import StudySpec, open_study, redact
+
+log = logging.getLogger("pdspace.study")
+TOP_K = 5
+
+
+def _jobs_by_trial(sweep_dir: Path, task: str) -> dict[int, dict[str, Any]]:
+    found, _ = results.read_all(results.sweep_paths(sweep_dir))
+    return {r["trial"]["number"]: r for r in found
+            if r.get("task") == task and isinstance((r.get("trial") or {}).get("number"), int)}
+
+
+def _importances(study: Any) -> dict[str, float] | str:
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, target=(
+                (lambda t: t.values[0]) if len(study.directions) > 1 else None)))
+    except Exception as e:  # noqa: BLE001 - too few or constant trials: say why, keep the report
+        return f"n/a ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+
+
+def _plots(study: Any, spec: StudySpec, jobs: Mapping[int, Mapping[str, Any]], top: list[Any],
+           out: Path, stem: str) -> dict[str, Path]:
+    from matplotlib.figure import Figure
+    from optuna.trial import TrialState
+
+    paths = {}
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    xs = [t.number for t in done]
+    ys = [t.values[0] for t in done]
+    ax.scatter(xs, ys, s=14, label="completed")
+    best, run = [], -math.inf
+    for y in ys:
+        run = max(run, y)
+        best.append(run)
+    ax.step(xs, best, where="post", color="C1", label="best so far")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+               s=14, marker="x", color="grey", label="pruned (last value)")
+    ax.set(xlabel="trial", ylabel=spec.objectives[0], title=f"{spec.name}: optimisation history")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    paths["history"] = out / f"{stem}_history.png"
+    fig.savefig(paths["history"], dpi=120)
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for t in pruned:
+        curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        ax.plot(sorted(t.intermediate_values), curve, color="lightgrey", lw=1)
+    for i, t in enumerate(top):
+        curve = results.curve(jobs.get(t.number, {}))
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", lw=1.5, label=f"#{t.number} {t.values[0]:.3f}",
+                    color=f"C{i}")
+    ax.set(xlabel="evaluation", ylabel=spec.objectives[0], title="top designs (grey: pruned)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    paths["curves"] = out / f"{stem}_curves.png"
+    fig.savefig(paths["curves"], dpi=120)
+
+    if spec.multi_objective:
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        ax = fig.subplots()
+        front = {t.number for t in study.best_trials}
+        ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], s=14, color="lightgrey", label="trials")
+        pts = sorted((t.values[1], t.values[0]) for t in done if t.number in front)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="C3", label="Pareto front")
+        ax.set(xlabel=spec.objectives[1], ylabel=spec.objectives[0], title="Pareto front")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        paths["pareto"] = out / f"{stem}_pareto.png"
+        fig.savefig(paths["pareto"], dpi=120)
+    return paths
+
+
+def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False) -> dict[str, Any]:
+    """Write `study_<task>.md` and its plots into the sweep dir; returns the report's numbers."""
+    from optuna.trial import TrialState
+
+    sweep = Path(sweep_dir)
+    study = open_study(spec)
+    task = spec.name.rsplit(".", 1)[-1]
+    jobs = _jobs_by_trial(sweep, task)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    states = {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState}
+    infeasible = sum("infeasible" in t.user_attrs for t in study.trials)
+    top = sorted(done, key=lambda t: -t.values[0])[:TOP_K]
+    stem = f"study_{task}"
+    paths = _plots(study, spec, jobs, top, sweep, stem) if done else {}
+    importances = _importances(study) if len(done) >= 2 else "n/a (fewer than two completed trials)"
+    epochs = sum(len((r.get("metrics") or {}).get("per_epoch") or []) for r in jobs.values())
+    md = [f"# Study `{spec.name}` ({spec.search}, pruner {spec.pruner})", "",
+          f"Storage `{redact(spec.storage)}`; objectives {spec.objectives} ({', '.join(spec.directions)}); "
+          f"{len(study.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in states.items() if n)
+          + (f" ({infeasible} of the failed: designs the budget cannot build, rejected before training)"
+             if infeasible else "") + f"; {epochs} evaluations trained in all.", ""]
+    if top:
+        md += [f"**Best design: `{top[0].user_attrs.get('design_id')}`** ({spec.objectives[0]} "
+               f"{top[0].values[0]:.4f}, trial {top[0].number})", "",
+               "| rank | trial | design | " + " | ".join(spec.objectives) + " | curve |",
+               "|---|---|---|" + "---|" * len(spec.objectives) + "---|"]
+        for i, t in enumerate(top, 1):
+            curve = " ".join(f"{v:.3f}" for v in results.curve(jobs.get(t.number, {})))
+            md.append(f"| {i} | {t.number} | `{t.user_attrs.get('design_id')}` | "
+                      + " | ".join(f"{v:.4g}" for v in t.values) + f" | {curve} |")
+        md.append("")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    if pruned:
+        md += ["Pruned runs (stopped after evaluation k of at most " + str(spec.max_resource) + "):", "",
+               "| trial | design | stopped after | last value |", "|---|---|---|---|"]
+        for t in pruned:
+            last = max(t.intermediate_values) if t.intermediate_values else 0
+            value = f"{t.intermediate_values[last]:.4f}" if t.intermediate_values else "-"
+            md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | {last} | {value} |")
+        md.append("")
+    if spec.multi_objective:
+        md += ["Pareto front:", "", "| trial | design | " + " | ".join(spec.objectives) + " |",
+               "|---|---|" + "---|" * len(spec.objectives)]
+        for t in sorted(study.best_trials, key=lambda t: -t.values[0]):
+            md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | "
+                      + " | ".join(f"{v:.4g}" for v in t.values) + " |")
+        md.append("")
+    md += ["Parameter importances (fANOVA on the first objective, over the parameters every completed trial has; "
+           "a strategy flag exists only where its group is tuned):", ""]
+    if isinstance(importances, dict):
+        md += ["| parameter | importance |", "|---|---|", *(f"| {k} | {v:.3f} |" for k, v in importances.items())]
+    else:
+        md.append(importances)
+    md += ["", *(f"![{k}]({p.name})" for k, p in paths.items()), ""]
+    (sweep / f"{stem}.md").write_text("\n".join(md))
+    summary = {"study": spec.name, "trials": len(study.trials), "states": states, "infeasible": infeasible,
+               "evaluations": epochs, "best": None if not top else {
+                   "trial": top[0].number, "design_id": top[0].user_attrs.get("design_id"),
+                   "values": list(top[0].values)},
+               "importances": importances, "files": {k: str(p) for k, p in paths.items()}}
+    results.write_json(sweep / f"{stem}.json", summary)
+    if wandb:
+        _log_wandb(summary, md, sweep)
+    return summary
+
+
+def write_study_reports(specs: Mapping[str, StudySpec], sweep_dir: str | Path, *, wandb: bool = False) -> None:
+    """A report per study of a sweep; a failure is logged, never raised (the sweep's results stand)."""
+    for spec in specs.values():
+        if not spec.uses_study():
+            continue
+        try:
+            summary = study_report(spec, sweep_dir, wandb=wandb)
+            task = spec.name.rsplit(".", 1)[-1]
+            log.info("study %s: best %s; report %s", spec.name, summary["best"], Path(sweep_dir) / f"study_{task}.md")
+        except Exception as e:  # noqa: BLE001
+            log.error("study report of %s failed: %s: %s", spec.name, type(e).__name__, e)
+
+
+def _log_wandb(summary: Mapping[str, Any], md: list[str], sweep: Path) -> None:
+    try:
+        import wandb
+
+        from pdspace.tracking import wandb_mode
+
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "pdspace"), job_type="study",
+                         group=sweep.resolve().name, name=f"study-{summary['study']}", dir=str(sweep),
+                         mode=wandb_mode(None), reinit="create_new", config={"study": summary["study"]})
+        run.log({f"study/{k}": wandb.Image(v) for k, v in summary["files"].items()})
+        run.log({"study/report": wandb.Html("<pre>" + "\n".join(md) + "</pre>")})
+        if summary["best"]:
+            run.summary["best_design"] = summary["best"]["design_id"]
+        run.finish()
+    except Exception as e:  # noqa: BLE001 - W&B is a mirror
+        warnings.warn(f"W&B logging of the study report failed ({type(e).__name__}: {e})", stacklevel=2)

@@ -1,0 +1,245 @@
+"""Joint, multi-fidelity search: the design space as Optuna parameters, job-side trials that prune, studies in
+SQLite and PostgreSQL shared by parallel workers, resume after a kill, the study report."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pdspace import results
+from pdspace.design.space import Design, DesignSpace
+from pdspace.search.study import design_params, open_study, study_spec
+
+TINY = ["backbone=tiny-bert", "task=synthetic_cls", "space.tasks=[synthetic_cls]", "task.synthetic_size=128",
+        "data.batch_size=16", "optimizer.lr=1e-2", "trainer.max_epochs=3", "logger=none", "callbacks=none"]
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+
+
+# --------------------------------------------------------------------------- the space as search parameters
+
+
+class Fixed:
+    """A stand-in trial that answers every suggestion from a dict (and records what was asked)."""
+
+    def __init__(self, values: dict) -> None:
+        self.values, self.asked = values, []
+
+    def suggest_int(self, name, low, high):
+        self.asked.append(name)
+        return self.values[name]
+
+    def suggest_categorical(self, name, choices):
+        self.asked.append(name)
+        return self.values[name]
+
+
+def test_cut_points_map_to_the_split_and_patterns_to_their_nearest_member():
+    space = DesignSpace(6, 4, grouping="any", allocation="uniform", tunable="all", strategies="L")
+    trial = Fixed({"cut_1": 1, "cut_2": 3, "cut_3": 5})
+    assert design_params(trial, space).groups == (1, 2, 2, 1)
+    assert trial.asked == ["cut_1", "cut_2", "cut_3"]  # fixed dimensions are no parameters
+    # repeated cuts are no split: the nearest composition stands in
+    assert design_params(Fixed({"cut_1": 2, "cut_2": 2, "cut_3": 5}), space).groups in {(1, 1, 3, 1), (2, 1, 2, 1)}
+    spindle = DesignSpace(24, 4, grouping="spindle", allocation="uniform", tunable="all", strategies="L")
+    design = design_params(Fixed({"cut_1": 6, "cut_2": 12, "cut_3": 18}), spindle)  # uniform cuts
+    assert design.groups == (5, 7, 7, 5)  # cuts 5, 12, 19: the one spindle split at L1 distance 2
+
+
+def test_every_design_of_a_small_space_is_reachable():
+    space = DesignSpace(5, 3, grouping="any", allocation=["uniform", "increasing"], tunable="any",
+                        strategies=[["A", "AL"], "any", ["P"]])
+    reached = set()
+    import itertools
+
+    for cuts in itertools.product(range(1, 5), repeat=2):
+        for alloc in ("uniform", "increasing"):
+            for flags in itertools.product([True, False], repeat=3):
+                for letters in itertools.product([True, False], repeat=6):
+                    values = {"cut_1": cuts[0], "cut_2": cuts[1], "allocation": alloc,
+                              **{f"tune_g{k + 1}": f for k, f in enumerate(flags)},
+                              **{f"g1_{ch}": v for ch, v in zip("AL", letters[:2])},
+                              **{f"g2_{ch}": v for ch, v in zip("APBL", letters[2:])}}
+                    reached.add(design_params(Fixed(values), space))
+    assert reached == set(space)
+
+
+def test_strategy_flags_are_asked_only_for_tuned_groups():
+    space = DesignSpace(4, 4, grouping="any", allocation="uniform", tunable="any", strategies="any")
+    trial = Fixed({"tune_g1": True, "tune_g2": False, "tune_g3": False, "tune_g4": True,
+                   **{f"g{k}_{ch}": ch in "AL" for k in (1, 4) for ch in "APBL"}})
+    design = design_params(trial, space)
+    assert design == Design([1, 1, 1, 1], "uniform", "1001", ["AL", "", "", "AL"])
+    assert not any(name.startswith(("g2_", "g3_")) for name in trial.asked)
+
+
+def test_a_study_refuses_other_settings_on_relaunch(tmp_path):
+    block = {"name": "S0", "search": "tpe", "pruner": "hyperband", "trials": 4}
+    open_study(study_spec(block, tmp_path, "sst2", 3), create=True)
+    with pytest.raises(ValueError, match="was made with"):
+        open_study(study_spec({**block, "search": "gp"}, tmp_path, "sst2", 3), create=True)
+    with pytest.raises(ValueError, match="cannot prune"):
+        study_spec({**block, "objectives": ["score", "trainable_params"]}, tmp_path, "sst2", 3)
+
+
+# --------------------------------------------------------------------------- a TPE + Hyperband study, end to end
+
+
+def _statuses_agree(sweep: Path) -> dict[int, str]:
+    study = optuna.load_study(study_name="S0.synthetic_cls", storage=f"sqlite:///{sweep / 'study.db'}")
+    found = {r["trial"]["number"]: r for r in results.read_all(results.sweep_paths(sweep))[0]}
+    states = {t.number: t.state for t in study.trials}
+    for number, r in found.items():
+        expected = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}[r["status"]]
+        assert states[number] == expected, (number, r["status"], states[number])
+        assert study.trials[number].user_attrs["design_id"] == r["design_id"]
+        if r["status"] == "pruned":
+            # a pruned run keeps its curve, and stopped before the end
+            assert 1 <= r["pruned_at"] == len(r["metrics"]["per_epoch"]) < 8
+        else:
+            assert study.trials[number].value == r["objective"]["value"]
+    return {n: r["status"] for n, r in found.items()}
+
+
+def test_tpe_hyperband_study_prunes_and_records_every_trial(launch, tmp_path):
+    # 4 evaluations an epoch, 2 epochs: Hyperband's rungs at evaluations 1 and 3 of 8
+    found = launch("space=S0", "space.search=tpe", "space.pruner=hyperband", "space.trials=12", *TINY,
+                   "trainer.max_epochs=2", "trainer.val_check_interval=0.25", "task.synthetic_size=256",
+                   multirun=True)
+    statuses = [r["status"] for r in found]
+    assert len(found) == 12 and "pruned" in statuses and statuses.count("completed") >= 4, statuses
+    assert set(_statuses_agree(tmp_path / "sweep").values()) == {"completed", "pruned"}
+    report = (tmp_path / "sweep" / "study_synthetic_cls.md").read_text()
+    assert "**Best design:" in report and "Pruned runs" in report and "fANOVA" in report
+    assert (tmp_path / "sweep" / "study_synthetic_cls_history.png").exists()
+    # the refinement of such a sweep treats pruned runs as neither failures nor finished designs
+    from pdspace.search.refine import refine
+
+    analysis = refine(tmp_path / "sweep", "allocation")
+    assert analysis.n_pruned == statuses.count("pruned") and analysis.n_completed == statuses.count("completed")
+
+
+def test_multi_objective_study_writes_its_pareto_front(launch, tmp_path):
+    launch("space=S0", "space.search=tpe", "space.trials=6", "space.objectives=[score,trainable_params]", *TINY,
+           "trainer.max_epochs=1", multirun=True)
+    report = (tmp_path / "sweep" / "study_synthetic_cls.md").read_text()
+    assert "Pareto front:" in report and (tmp_path / "sweep" / "study_synthetic_cls_pareto.png").exists()
+    study = optuna.load_study(study_name="S0.synthetic_cls", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+    assert len(study.directions) == 2 and study.best_trials
+
+
+def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "pdspace.train", "-m", "space=S0", "space.search=tpe", "space.trials=5", *TINY,
+           "trainer.max_epochs=2", "task.synthetic_size=512", f"hydra.sweep.dir={sweep}",
+           f"data.cache_dir={tmp_path}/cache"]
+    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        found = results.read_all(results.sweep_paths(sweep))[0]
+        done = [r for r in found if r["status"] == "completed"]
+        running = [r for r in found if r["status"] == "running" and (r.get("trial") or {}).get("number") is not None]
+        if len(done) >= 2 and running:
+            break
+        assert first.poll() is None
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed = running[0]["trial"]["number"]
+    stamps = {p: p.stat().st_mtime_ns for p in results.sweep_paths(sweep)
+              if results.read(p)["status"] == "completed"}
+    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished trials were not trained again
+    study = optuna.load_study(study_name="S0.synthetic_cls", storage=f"sqlite:///{sweep / 'study.db'}")
+    assert study.trials[killed].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == study.trials[killed].params
+    assert [r["status"] for r in results.read_all(results.sweep_paths(sweep))[0]] == ["completed"] * 5
+
+
+def test_two_joblib_workers_share_one_sqlite_study(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "pdspace.train", "-m", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "space=S0", "space.search=tpe", "space.trials=6", *TINY,
+                           "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path}/cache"],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = results.read_all(results.sweep_paths(sweep))[0]
+    assert len({r["host"]["pid"] for r in found}) == 2  # two worker processes
+    assert sorted(r["trial"]["number"] for r in found) == list(range(6))
+    _statuses_agree(sweep)
+
+
+# --------------------------------------------------------------------------- PostgreSQL, two workers
+
+
+def _postgres_bin() -> Path | None:
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    return None
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server in a temp dir (its own socket and port), stopped at the end."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    pytest.importorskip("psycopg2", reason="the psycopg2 driver is not installed")
+    root = Path(tempfile.mkdtemp(prefix="pdspace-pg-"))
+    data, sock = root / "pgdata", root / "pgsock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the server runs as the postgres user
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server")
+        for path in (root, sock):
+            shutil.chown(path, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "pdspace"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "pg.log"), "-o",
+                    f"-k {sock} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://pdspace@/postgres?host={sock}&port={port}"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_postgresql_study_with_two_parallel_workers(postgres, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "pdspace.train", "-m", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "space=S0", "space.search=tpe", "space.pruner=successive_halving",
+                           "space.trials=6", f"space.storage='{postgres}'", *TINY, "trainer.max_epochs=2",
+                           f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path}/cache"],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (sweep / "study.db").exists()
+    found = results.read_all(results.sweep_paths(sweep))[0]
+    assert len({r["host"]["pid"] for r in found}) == 2 and all(r["status"] in ("completed", "pruned") for r in found)
+    study = optuna.load_study(study_name="S0.synthetic_cls", storage=postgres)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert {t.number: t.user_attrs["design_id"] for t in study.trials} == \
+        {r["trial"]["number"]: r["design_id"] for r in found}
