@@ -51,7 +51,7 @@ def test_untuned_groups_get_nothing_and_fixed_only_layers_cost_their_fixed_size(
 def test_bitfit_alone_natural_size_and_over_budget():
     sol = solve_budget(Design([2], strategies=["B"]), costs(2), 10_000, None)
     assert sol.trainable_params == 100 and sol.budget_fraction is None
-    with pytest.raises(BudgetError, match=r"below the fixed cost of this design's BitFit biases \(100 params"):
+    with pytest.raises(BudgetError, match=r"below the fixed cost of this design's BitFit modules \(100 params"):
         solve_budget(Design([2], strategies=["B"]), costs(2), 10_000, 0.005)
     under = solve_budget(Design([2], strategies=["B"]), costs(2), 100_000, 0.005)
     assert under.trainable_params == 100 and "budget_fraction=null" in under.notes[0]
@@ -64,7 +64,7 @@ def test_unreachable_budget_names_the_group():
                                           r"more than the 120 to spend"):
         # 120 params over 4 layers: adapter (30 - 10) / 21 ~ 0.95 fits, group 2's P+L gives LoRA 15 / 40
         solve_budget(Design([2, 2], strategies=["A", "PL"]), costs(4), 24_000, 0.005)
-    with pytest.raises(BudgetError, match=r"group 1 \(layers 0-0\): layer 0 gets .* BitFit biases alone cost 50"):
+    with pytest.raises(BudgetError, match=r"group 1 \(layers 0-0\): layer 0 gets .* BitFit modules alone cost 50"):
         solve_budget(Design([1, 1], strategies=["AB", "A"]), costs(2), 16_000, 0.005)
     with pytest.raises(BudgetError, match="budget_fraction=None .* only fits designs"):
         solve_budget(Design([1], strategies=["A"]), costs(1), 10_000, None)

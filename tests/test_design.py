@@ -149,3 +149,27 @@ def test_named_designs():
 def test_sample_one_uses_rng_only():
     space = DesignSpace(12)
     assert space.sample_one(random.Random(3)) == space.sample_one(random.Random(3))
+
+
+def test_a_space_names_its_letters_and_the_paper_keeps_four():
+    paper, five = DesignSpace(24), DesignSpace(24, letters="APBLI")
+    assert paper.letters == "APBL" and five.letters == "APBLI" and repr(five).endswith("letters=APBLI)")
+    # sampling the paper's space is unchanged by a fifth registered strategy; the wider space draws it
+    assert paper.sample(200, seed=0) == DesignSpace(24, letters="LBPA").sample(200, seed=0)
+    assert not any("I" in s for d in paper.sample(500, seed=0) for s in d.strategies)
+    assert any("I" in s for d in five.sample(50, seed=0) for s in d.strategies)
+    assert all(five.contains(d) for d in five.sample(200, seed=1))
+    assert DesignSpace(4, grouping="any", allocation="uniform", tunable="all", letters="APBLI").size == 31 ** 4
+    # 'any' means the space's letters; a set named explicitly may use any registered letter
+    strat = StrategyConstraint(["LI", "any", "any", "any"], letters="AL")
+    assert len(strat) == 1 * 3 ** 3 and strat.description == "LI|any|any|any"
+    assert not strat.contains(["LI", "P", "A", "A"]) and strat.contains(["I+L", "A", "AL", "L"])
+    with pytest.raises(ValueError, match=r"unknown strategy letter 'X'; use letters from A \(Adapter\), P \(Prefix\), "
+                                         r"B \(BitFit\), L \(LoRA\), I \(IA3\)"):
+        DesignSpace(24, letters="APBX")
+
+
+def test_ia3_designs_keep_the_canonical_letter_order():
+    d = Design([2, 2], "uniform", None, ["i+L", "IAB"])
+    assert d.strategies == ("LI", "ABI") and str(d) == "g2-2.alloc-uniform.tune-11.L+I|A+B+I"
+    assert Design.parse(str(d)) == d

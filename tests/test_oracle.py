@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 from conftest import output_of, tiny, tiny_inputs
-from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 from transformers import BartForCausalLM
 
-from pdspace import Design, apply_design, merge_lora
+from pdspace import Design, apply_design, merge, merge_lora
 from pdspace.archs import build_config, build_model
-from pdspace.peft import AdapterLinear, LoraLinear, layer_map, unmerge_lora
+from pdspace.peft import AdapterLinear, IA3Linear, LoraLinear, layer_map, unmerge_lora
 
 
 def _randomise(model, names=("lora_A", "lora_B")):
@@ -222,3 +222,35 @@ def test_t5_prefix_attention_matches_hand_computation(stack):
         del attn.pdspace_prefix
         assert not torch.allclose(attn(hidden, mask=mask_arg, position_bias=position_bias)[0], got, atol=1e-4)
         attn.pdspace_prefix = saved
+
+
+@pytest.mark.parametrize("family", ["bert", "t5", "bart", "llama"])
+def test_ia3_equals_peft_ia3(family):
+    # IA3 in layers 0, 2 and 3 (both stacks of the encoder-decoders): peft's IA3 on the same modules, with the
+    # same vectors, computes the same outputs; keys and values rescale outputs, the FFN projection its input
+    base = tiny(family)
+    ours = copy.deepcopy(base)
+    report = apply_design(ours, Design([1, 1, 1, 1], "uniform", "1011", ["I", "", "I", "I"]), budget_fraction=None)
+    mods = {n: m for n, m in ours.named_modules() if isinstance(m, IA3Linear)}
+    # per layer k and v of each attention (decoder layers: cross-attention too) and the FFN output projection
+    assert len(mods) == {"bert": 9, "t5": 13, "bart": 13, "llama": 9}[family]
+    assert report.trainable_params == sum(m.ia3_l.numel() for m in mods.values())
+    assert {m.feedforward for n, m in mods.items() if n.endswith(("output.dense", "wo", "fc2", "down_proj"))} == {True}
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in mods.values():
+            m.ia3_l.copy_(1 + torch.randn(m.ia3_l.shape, generator=g))
+    ref = get_peft_model(copy.deepcopy(base), IA3Config(
+        target_modules=sorted(mods), feedforward_modules=sorted(n for n, m in mods.items() if m.feedforward))).eval()
+    assert {n.removeprefix("base_model.model.") for n, m in ref.named_modules() if hasattr(m, "ia3_l")} == set(mods)
+    batch = tiny_inputs(base)
+    with torch.no_grad():
+        for name, m in mods.items():
+            target = ref.base_model.model.get_submodule(name).ia3_l["default"]
+            target.copy_(m.ia3_l.view_as(target))
+        expected = output_of(ref, batch)
+        torch.testing.assert_close(output_of(ours, batch), expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(output_of(base, batch), expected, atol=1e-4)  # the vectors matter
+        # a pure rescaling of its projection's weight: merged, the outputs stay
+        merged = merge(ours, batch)
+        assert merged.merged == {"I": len(mods)} and merged.max_abs_diff <= 1e-5

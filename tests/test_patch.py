@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import FAMILY_MODELS, output_of, tiny, tiny_inputs
 
+import pdspace
 from pdspace import Design, apply_design, load_trainable_state_dict, merge_lora, trainable_state_dict
 from pdspace.archs import build_model
-from pdspace.peft import AdapterLinear, LoraLinear, PrefixKV, layer_map, unmerge_lora
+from pdspace.peft import AdapterLinear, IA3Linear, LoraLinear, PrefixKV, layer_map, unmerge_lora
 
 NO_PREFIX = Design([1, 1, 1, 1], "uniform", None, ["AL", "B", "LB", "A"])
 ALL_FOUR = Design([1, 1, 1, 1], "increasing", None, ["AP", "PB", "L", "APBL"])
@@ -185,3 +186,93 @@ def test_sized_design_on_target_has_no_budget_line():
     d = report.to_dict()
     assert d["below_budget"] is False and d["fixed_size"] is False and d["budget_ratio"] == pytest.approx(1, abs=0.005)
     assert "is below the" not in report.table() and "natural size" not in report.table()
+
+
+def test_merge_folds_lora_and_ia3_keeps_the_rest_and_says_how_far_outputs_moved(family):
+    # LoRA and IA3 on the same v projections (group 2), IA3 with an adapter on the FFN output (group 3)
+    model = tiny(family)
+    apply_design(model, Design([1, 1, 1, 1], "uniform", None, ["L", "LI", "AIB", "P"]), budget_fraction=0.05)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    batch = tiny_inputs(model)
+    expected = output_of(model, batch)
+    report = pdspace.merge(model, batch)
+    lora = sum(isinstance(m, LoraLinear) for m in model.modules())
+    ia3 = sum(isinstance(m, IA3Linear) for m in model.modules())
+    assert report.merged == {"L": lora, "I": ia3} and report.kept == {"A": 1, "P": 1}
+    # fp32 rounding of reordered sums: < 3e-6 on outputs of order 1-5; tiny mT5's logits reach 40
+    scale = max(1.0, expected.abs().max().item())
+    assert report.max_abs_diff <= 1e-5 * scale
+    assert f"max |merged - unmerged| = {report.max_abs_diff:.3g}" in str(report)
+    torch.testing.assert_close(output_of(model, batch), expected, atol=1e-5 * scale, rtol=0)
+    assert pdspace.unmerge(model) == lora + ia3
+    for n, p in model.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p, weights[n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output_of(model, batch), expected, atol=1e-5 * scale, rtol=0)
+
+
+def test_ia3_stays_unmerged_where_folding_it_would_not_be_exact():
+    # an output rescaling around an adapter (not a placement pdspace uses) is no rescaling of a weight
+    lin = torch.nn.Linear(4, 4)
+    ia3 = IA3Linear(AdapterLinear(lin, 2), feedforward=False)
+    assert ia3.merge() is False and not ia3.merged
+    # an input rescaling around it is: the adapter reads only the projection's output
+    assert IA3Linear(AdapterLinear(torch.nn.Linear(4, 4), 2), feedforward=True).merge() is True
+
+
+def test_houlsby_placement_adds_the_attention_adapter():
+    model = tiny("bert")
+    default = apply_design(tiny("bert"), Design([1, 1, 1, 1], strategies=["A"] * 4), sizes={"adapter_dim": 4})
+    report = apply_design(model, Design([1, 1, 1, 1], strategies=["A"] * 4), sizes={"adapter_dim": 4},
+                          adapter_placement="attn_ffn")
+    assert report.trainable_params == 2 * default.trainable_params == 4 * 2 * (4 * (2 * 64 + 1) + 64)
+    attn_out = model.bert.encoder.layer[0].attention.output  # dense -> adapter -> dropout -> LayerNorm(h + input)
+    assert isinstance(attn_out.dense, AdapterLinear)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        a = attn_out.dense
+        for p in (*a.down.parameters(), *a.up.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        h, x = torch.randn(2, 5, 64, generator=g), torch.randn(2, 5, 64, generator=g)
+        dense = h @ a.base_layer.weight.T + a.base_layer.bias
+        expected = attn_out.LayerNorm(dense + a.up(torch.relu(a.down(dense))) + x)
+        torch.testing.assert_close(attn_out(h, x), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="adapter_placement='pfeiffer'; use one of ffn, attn_ffn"):
+        apply_design(tiny("bert"), NO_PREFIX, adapter_placement="pfeiffer")
+
+
+def test_reparameterised_prefix_is_an_mlp_of_embeddings_counted_in_the_budget(family):
+    model = tiny(family)
+    layers = layer_map(model)
+    design = Design([1, 1, 1, 1], "uniform", None, ["P"] * 4)
+    report = apply_design(model, design, budget_fraction=0.2, prefix_reparam_dim=8)
+    assert report.trainable_params == sum(p.numel() for n, p in model.named_parameters()
+                                          if p.requires_grad and "pdspace_prefix" in n)
+    assert report.budget_ratio == pytest.approx(1, abs=0.05) and report.layers[0].sizes["P"] >= 1
+    # the same keys and values as flat vectors give the same outputs
+    flat = tiny(family)
+    apply_design(flat, design, sizes=[row.sizes for row in report.layers])
+    with torch.no_grad():
+        for ours, theirs in zip(layers, layer_map(flat)):
+            key, value = ours.self_attn.pdspace_prefix.key_value()
+            theirs.self_attn.pdspace_prefix.key.copy_(key)
+            theirs.self_attn.pdspace_prefix.value.copy_(value)
+    batch = tiny_inputs(model)
+    torch.testing.assert_close(output_of(model, batch), output_of(flat, batch), atol=1e-6, rtol=0)
+    output_of(model, batch).float().pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if "pdspace_prefix" in n)
+
+
+def test_loading_tensors_of_another_width_names_them():
+    model = tiny("bert")
+    apply_design(model, NO_PREFIX, sizes={"lora_rank": 2, "adapter_dim": 4})
+    other = tiny("bert")
+    apply_design(other, NO_PREFIX, sizes={"lora_rank": 3, "adapter_dim": 4})
+    with pytest.raises(ValueError, match=r"checkpoint tensors do not fit the patched model \(checkpoint vs model\): "
+                                         r"\['bert.encoder.layer.0.attention.self.query.lora_A \(3, 64\) vs \(2, 64\)"):
+        load_trainable_state_dict(model, trainable_state_dict(other))

@@ -1,21 +1,20 @@
 """Turn a design plus a trainable-parameter budget into integer module sizes per layer.
 
 The solver only sees costs: for each layer and strategy, a module of size `s` costs
-`fixed + unit * s` parameters (BitFit: `unit == 0`, a fixed cost). Sizes are the adapter
-width (A), prefix length (P) and LoRA rank (L).
+`fixed + unit * s` parameters (BitFit, IA3: `unit == 0`, a fixed cost). Sizes are what each
+registered strategy calls its size: adapter width (A), prefix length (P), LoRA rank (L).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pdspace.design.space import STRATEGY_NAMES, Design
+from pdspace.design.space import Design, registered_strategies
 from pdspace.errors import PDSpaceError
 
 DEFAULT_BUDGET_FRACTION = 0.005
-SIZE_NAMES = {"A": "adapter_dim", "P": "prefix_len", "L": "lora_rank"}
 
 
 class BudgetError(PDSpaceError, ValueError):
@@ -73,6 +72,11 @@ def allocation_weights(allocation: str, n: int) -> list[float]:
     if allocation == "decreasing":
         return ranks[::-1]
     raise ValueError(f"unknown allocation {allocation!r}")
+
+
+def _fixed_titles(letters: Iterable[str], costs: Mapping[str, StrategyCost]) -> str:
+    """'BitFit', 'BitFit/IA3': the fixed-size strategies among `letters` (what a user would drop)."""
+    return "/".join(registered_strategies()[s].title for s in dict.fromkeys(letters) if not costs[s].unit)
 
 
 def _group_label(design: Design, group: int) -> str:
@@ -158,7 +162,7 @@ def solve_budget(
     if budget_fraction is None:
         if sizeable:
             raise BudgetError(
-                "budget_fraction=None (natural size) only fits designs whose modules have a fixed size (BitFit); "
+                "budget_fraction=None (natural size) only fits designs whose modules have a fixed size (BitFit, IA3); "
                 f"{design} has sized modules, so give a budget_fraction such as {DEFAULT_BUDGET_FRACTION}"
             )
         target = sum(fixed_cost[i] for i in tuned)
@@ -171,10 +175,11 @@ def solve_budget(
     fixed_only_total = sum(fixed_cost[i] for i in tuned if i not in sizeable)
     all_fixed = sum(fixed_cost[i] for i in tuned)
     if budget_fraction is not None and all_fixed > target:
+        fixed = _fixed_titles("".join(strategies[i] for i in tuned), costs[tuned[0]])
         raise BudgetError(
             f"the budget of {target:,} params ({budget_fraction:.3%} of {backbone_params:,}) is below the fixed "
-            f"cost of this design's BitFit biases ({all_fixed:,} params, {all_fixed / backbone_params:.3%}); "
-            "raise budget_fraction or use BitFit in fewer groups"
+            f"cost of this design's {fixed} modules ({all_fixed:,} params, {all_fixed / backbone_params:.3%}); "
+            f"raise budget_fraction or use {fixed} in fewer groups"
         )
 
     real: dict[tuple[int, str], float] = {}
@@ -203,17 +208,19 @@ def solve_budget(
             sized = [s for s in strategies[i] if costs[i][s].unit]
             label = _group_label(design, layer_group[i])
             if share <= 0:
+                fixed = _fixed_titles(strategies[i], costs[i])
                 raise BudgetError(
-                    f"{label}: layer {i} gets {layer_share:,.0f} params but its BitFit biases alone cost "
-                    f"{fixed_cost[i]:,}; {shortfall}raise budget_fraction or drop BitFit from this group"
+                    f"{label}: layer {i} gets {layer_share:,.0f} params but its {fixed} modules alone cost "
+                    f"{fixed_cost[i]:,}; {shortfall}raise budget_fraction or drop {fixed} from this group"
                 )
             for s in sized:
                 c = costs[i][s]
                 x = (share / len(sized) - c.fixed) / c.unit
                 # a layer clamped at its floor gets x = 0.5 up to float error
                 if x < 0.5 - 1e-9:
+                    info = registered_strategies()[s]
                     raise BudgetError(
-                        f"{label}: {STRATEGY_NAMES[s]} in layer {i} would get {SIZE_NAMES[s]}={x:.2f} < 0.5, which "
+                        f"{label}: {info.name} in layer {i} would get {info.size_name}={x:.2f} < 0.5, which "
                         f"rounds to 0 (its share is {share / len(sized):,.0f} params, size 1 costs {c.params(1):,}); "
                         f"{shortfall}raise budget_fraction, tune fewer groups or give this group fewer strategies"
                     )
@@ -235,7 +242,7 @@ def solve_budget(
     if budget_fraction is not None and not sizeable and sol.trainable_params < target:
         sol.notes.append(
             f"fixed-size modules reach {sol.trainable_params:,} of the {target:,}-param budget; "
-            "use budget_fraction=null to state BitFit's natural size"
+            "use budget_fraction=null to state their natural size"
         )
     return sol
 

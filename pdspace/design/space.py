@@ -1,8 +1,10 @@
 """The four design-space dimensions as data: designs, per-dimension constraints, design spaces.
 
 A *design* is one point: layer groups, an allocation pattern, the tuned groups, and per
-group a set of PEFT strategies. A *constraint* is the set of values one dimension may
-take; a `DesignSpace` combines four constraints and samples distinct designs.
+group a set of PEFT strategies, each named by the letter it registered with
+(`pdspace.peft.strategies`; this module keeps only what designs need of them). A
+*constraint* is the set of values one dimension may take; a `DesignSpace` combines four
+constraints and samples distinct designs.
 """
 
 from __future__ import annotations
@@ -10,29 +12,79 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+# the paper's four strategies (Adapter, Prefix, BitFit, LoRA): the letters a space draws from by default
 STRATEGY_LETTERS = "APBL"
-STRATEGY_NAMES = {"A": "adapter", "P": "prefix", "B": "bitfit", "L": "lora"}
 ALLOCATIONS = ("increasing", "uniform", "decreasing")
 GROUPING_PATTERNS = ("increasing", "uniform", "decreasing", "spindle", "bottleneck", "any")
 DEFAULT_NUM_GROUPS = 4
 
 
+class StrategyInfo(Protocol):
+    """What designs and the solver need to know of a strategy (`pdspace.peft.strategies.Strategy` has more)."""
+
+    letter: str
+    name: str
+    title: str
+    size_name: str | None
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+
+
+def register_strategy(info: StrategyInfo) -> None:
+    """Make a strategy's letter known to designs, spaces and the solver (`pdspace.peft.strategies.register`)."""
+    letter = info.letter
+    if len(letter) != 1 or not ("A" <= letter <= "Z"):
+        raise ValueError(f"strategy letter {letter!r} must be one upper-case letter A-Z")
+    for other in _REGISTRY.values():
+        clash = other.name == info.name or (info.size_name and other.size_name == info.size_name)
+        if other.letter != letter and clash:
+            raise ValueError(f"strategy {info.letter} ({info.name}) clashes with {other.letter} ({other.name}): "
+                             "names and size names must be unique")
+    if letter in _REGISTRY and _REGISTRY[letter].name != info.name:
+        raise ValueError(f"strategy letter {letter!r} is taken by {_REGISTRY[letter].name}; choose another letter")
+    _REGISTRY[letter] = info
+
+
+def registered_strategies() -> Mapping[str, StrategyInfo]:
+    """Registered strategies by letter, in canonical order: A, P, B, L, then the others as registered."""
+    order = {ch: i for i, ch in enumerate(STRATEGY_LETTERS)}
+    letters = sorted(_REGISTRY, key=lambda ch: (order.get(ch, len(order)), list(_REGISTRY).index(ch)))
+    return {ch: _REGISTRY[ch] for ch in letters}
+
+
+def _letters_help(letters: Iterable[str]) -> str:
+    strategies = registered_strategies()
+    return ", ".join(f"{ch} ({strategies[ch].title})" for ch in letters if ch in strategies)
+
+
 def normalize_strategies(value: str | Iterable[str], group: int | None = None) -> str:
-    """Canonical strategy string for one group: letters from A, P, B, L in that order, e.g. 'APB'."""
+    """Canonical strategy string for one group: registered letters in canonical order (A, P, B, L, ...), e.g. 'APB'."""
     letters = value.replace("+", "").replace(" ", "") if isinstance(value, str) else "".join(value)
     where = f" in group {group + 1}" if group is not None else ""
+    known = registered_strategies()
     for ch in letters:
-        if ch.upper() not in STRATEGY_LETTERS:
-            raise ValueError(
-                f"unknown strategy letter {ch!r}{where}; use letters from "
-                "A (Adapter), P (Prefix), B (BitFit), L (LoRA), e.g. 'A+L'"
-            )
+        if ch.upper() not in known:
+            raise ValueError(f"unknown strategy letter {ch!r}{where}; use letters from {_letters_help(known)}, "
+                             "e.g. 'A+L'")
     upper = {ch.upper() for ch in letters}
-    return "".join(ch for ch in STRATEGY_LETTERS if ch in upper)
+    return "".join(ch for ch in known if ch in upper)
+
+
+def strategy_sets(letters: str | None = None) -> tuple[str, ...]:
+    """Every non-empty strategy set over `letters` (None: the paper's A, P, B, L), smallest sets first."""
+    pool = normalize_strategies(STRATEGY_LETTERS if letters is None else letters)
+    if not pool:
+        raise ValueError("a design space needs at least one strategy letter, e.g. letters='APBL'")
+    return _subsets(pool)
+
+
+def _subsets(pool: str) -> tuple[str, ...]:
+    return tuple("".join(c) for k in range(1, len(pool) + 1) for c in itertools.combinations(pool, k))
 
 
 def _parse_mask(value: str | int | Sequence[bool] | Sequence[int], num_groups: int | None = None) -> tuple[bool, ...]:
@@ -308,11 +360,13 @@ class GroupingConstraint(Constraint):
 
 
 class ChoiceConstraint(Constraint):
-    """A dimension whose allowed values are listed explicitly ('any' = every value)."""
+    """A dimension whose allowed values are listed explicitly ('any' = every value, or `any_values`)."""
 
-    def __init__(self, spec: Any, universe: Sequence[Any], parse: Any = lambda v: v, label: str = "value") -> None:
+    def __init__(self, spec: Any, universe: Sequence[Any], parse: Any = lambda v: v, label: str = "value",
+                 any_values: Sequence[Any] | None = None) -> None:
+        any_values = list(universe if any_values is None else any_values)
         if isinstance(spec, str) and spec == "any":
-            values = list(universe)
+            values = list(any_values)
         else:
             items = [spec] if isinstance(spec, str) or not isinstance(spec, Iterable) else list(spec)
             values = []
@@ -326,7 +380,7 @@ class ChoiceConstraint(Constraint):
             raise ValueError(f"the {label} constraint is empty; list at least one value or use 'any'")
         self._values = values
         self._set = set(values)
-        self.description = "any" if len(values) == len(universe) else ",".join(map(self._fmt, values))
+        self.description = "any" if self._set == set(any_values) else ",".join(map(self._fmt, values))
 
     @staticmethod
     def _fmt(v: Any) -> str:
@@ -369,23 +423,29 @@ def tunable_constraint(spec: Any = "any", num_groups: int = DEFAULT_NUM_GROUPS) 
                             label="tunable mask")
 
 
-ALL_STRATEGY_SETS = tuple(
-    "".join(c) for k in range(1, 5) for c in itertools.combinations(STRATEGY_LETTERS, k)
-)
+# the paper's 15 strategy sets; `strategy_sets(letters)` gives those of other letters
+ALL_STRATEGY_SETS = _subsets(STRATEGY_LETTERS)
 
 
 class StrategyConstraint(Constraint):
-    """Allowed strategy sets per group: 'any', or per group 'any' / a set / a list of sets."""
+    """Allowed strategy sets per group: 'any', or per group 'any' / a set / a list of sets.
 
-    def __init__(self, spec: Any = "any", num_groups: int = DEFAULT_NUM_GROUPS) -> None:
+    `letters` (None: the paper's 'APBL') is the strategy pool: 'any' means every non-empty set of
+    it. A set named explicitly may use any registered letter.
+    """
+
+    def __init__(self, spec: Any = "any", num_groups: int = DEFAULT_NUM_GROUPS, letters: str | None = None) -> None:
         per_group = [spec] * num_groups if isinstance(spec, str) else list(spec)
         if len(per_group) != num_groups:
             raise ValueError(
                 f"strategy constraint has {len(per_group)} entries but there are {num_groups} groups; give one per group"
             )
+        pool = strategy_sets(letters)
+        self.letters = pool[-1]  # the whole pool, canonical order
+        universe = strategy_sets("".join(registered_strategies()))
         self.per_group = [
-            ChoiceConstraint(s, ALL_STRATEGY_SETS, parse=lambda v, i=i: normalize_strategies(v, i),
-                             label=f"group {i + 1} strategy set")
+            ChoiceConstraint(s, universe, parse=lambda v, i=i: normalize_strategies(v, i),
+                             label=f"group {i + 1} strategy set", any_values=pool)
             for i, s in enumerate(per_group)
         ]
         self.num_groups = num_groups
@@ -416,9 +476,10 @@ class StrategyConstraint(Constraint):
 class DesignSpace:
     """Four per-dimension constraints over a backbone with `num_layers` layers.
 
-    `sample` draws each dimension independently and uniformly from its constraint (as the
-    paper does), then de-duplicates; designs differing only in untuned groups' strategies
-    count as one.
+    `letters` (None: the paper's 'APBL') is the pool of strategies a group's 'any' draws from;
+    a registered extra such as IA3 ('APBLI') opens more sets. `sample` draws each dimension
+    independently and uniformly from its constraint (as the paper does), then de-duplicates;
+    designs differing only in untuned groups' strategies count as one.
     """
 
     def __init__(
@@ -429,17 +490,20 @@ class DesignSpace:
         allocation: Any = "any",
         tunable: Any = "any",
         strategies: Any = "any",
+        letters: str | None = None,
     ) -> None:
         self.num_layers, self.num_groups = num_layers, num_groups
         self.grouping = GroupingConstraint(grouping, num_layers, num_groups)
         self.allocation = allocation_constraint(allocation)
         self.tunable = tunable_constraint(tunable, num_groups)
-        self.strategies = StrategyConstraint(strategies, num_groups)
+        self.strategies = StrategyConstraint(strategies, num_groups, letters)
+        self.letters = self.strategies.letters
 
     def __repr__(self) -> str:
+        letters = "" if self.letters == STRATEGY_LETTERS else f", letters={self.letters}"
         return (f"DesignSpace(layers={self.num_layers}, grouping={self.grouping.description}, "
                 f"allocation={self.allocation.description}, tunable={self.tunable.description}, "
-                f"strategies={self.strategies.description})")
+                f"strategies={self.strategies.description}{letters})")
 
     def contains(self, design: Design) -> bool:
         """Whether `design` lies in this space."""

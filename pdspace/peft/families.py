@@ -15,9 +15,12 @@ from torch import nn
 Slot = tuple[nn.Module, str]  # (parent module, attribute name) of a sub-module
 
 
+ROLES = ("q", "k", "v", "o")
+
+
 @dataclass
 class LayerSpec:
-    """One transformer layer and the places PEFT modules attach to."""
+    """One transformer layer and the places PEFT modules attach to, by role (so a strategy needs no family code)."""
 
     index: int
     stack: str  # "encoder" or "decoder"
@@ -25,10 +28,28 @@ class LayerSpec:
     self_attn: nn.Module  # the module handed to the attention function (gets the prefix)
     num_kv_heads: int
     head_dim: int
-    lora_targets: list[Slot]  # q and v projections of every attention in the layer
-    ffn_out: Slot  # the feed-forward output projection (the adapter follows it)
-    linears: list[Slot]  # every projection of attention(s) and feed-forward (BitFit adds biases here if none)
+    attentions: list[dict[str, Slot]]  # per attention, self first then cross: its q, k, v, o projections
+    ffn: list[Slot]  # the feed-forward projections, the output projection last
     norms: list[nn.Module] = field(default_factory=list)  # layer norms whose biases BitFit trains
+
+    @property
+    def lora_targets(self) -> list[Slot]:
+        """The q and v projections of every attention in the layer."""
+        return self.projections("q", "v")
+
+    @property
+    def ffn_out(self) -> Slot:
+        """The feed-forward output projection (the adapter follows it)."""
+        return self.ffn[-1]
+
+    @property
+    def linears(self) -> list[Slot]:
+        """Every projection of the attention(s) and the feed-forward (BitFit adds biases here if none)."""
+        return self.projections(*ROLES) + self.ffn
+
+    def projections(self, *roles: str) -> list[Slot]:
+        """The projections with these roles ('q', 'k', 'v', 'o') of every attention, attention by attention."""
+        return [a[r] for a in self.attentions for r in roles if r in a]
 
 
 def get(slot: Slot) -> nn.Module:
@@ -40,6 +61,14 @@ def _slots(parent: nn.Module, names: list[str]) -> list[Slot]:
     return [(parent, n) for n in names if isinstance(getattr(parent, n, None), nn.Module)]
 
 
+def _roles(parent: nn.Module, names: list[str], o: Slot | None = None) -> dict[str, Slot]:
+    """Role -> slot for an attention whose q, k, v, o projections are `names` on `parent` (`o` elsewhere)."""
+    slots = dict(zip(ROLES, [(parent, n) for n in names]))
+    if o is not None:
+        slots["o"] = o
+    return {r: slot for r, slot in slots.items() if isinstance(getattr(*slot, None), nn.Module)}
+
+
 def _bert_layers(model: nn.Module) -> list[LayerSpec]:
     cfg = model.config
     heads = cfg.num_attention_heads
@@ -49,10 +78,8 @@ def _bert_layers(model: nn.Module) -> list[LayerSpec]:
         out.append(LayerSpec(
             index=i, stack="encoder", block=layer, self_attn=sa, num_kv_heads=heads,
             head_dim=cfg.hidden_size // heads,
-            lora_targets=_slots(sa, ["query", "value"]),
-            ffn_out=(layer.output, "dense"),
-            linears=_slots(sa, ["query", "key", "value"]) + [(layer.attention.output, "dense"),
-                                                            (layer.intermediate, "dense"), (layer.output, "dense")],
+            attentions=[_roles(sa, ["query", "key", "value"], o=(layer.attention.output, "dense"))],
+            ffn=[(layer.intermediate, "dense"), (layer.output, "dense")],
             norms=[layer.attention.output.LayerNorm, layer.output.LayerNorm],
         ))
     return out
@@ -71,10 +98,8 @@ def _bart_layers(model: nn.Module) -> list[LayerSpec]:
             out.append(LayerSpec(
                 index=len(out), stack=stack, block=layer, self_attn=layer.self_attn,
                 num_kv_heads=layer.self_attn.num_heads, head_dim=layer.self_attn.head_dim,
-                lora_targets=[s for a in attns for s in _slots(a, ["q_proj", "v_proj"])],
-                ffn_out=(layer, "fc2"),
-                linears=[s for a in attns for s in _slots(a, ["q_proj", "k_proj", "v_proj", "out_proj"])]
-                + _slots(layer, ["fc1", "fc2"]),
+                attentions=[_roles(a, ["q_proj", "k_proj", "v_proj", "out_proj"]) for a in attns],
+                ffn=_slots(layer, ["fc1", "fc2"]),
                 norms=norms,
             ))
     return out
@@ -92,10 +117,8 @@ def _t5_layers(model: nn.Module) -> list[LayerSpec]:
             out.append(LayerSpec(
                 index=len(out), stack=stack, block=block, self_attn=sa,
                 num_kv_heads=sa.n_heads, head_dim=sa.key_value_proj_dim,
-                lora_targets=[s for a in attns for s in _slots(a, ["q", "v"])],
-                ffn_out=(ff, "wo"),
-                linears=[s for a in attns for s in _slots(a, ["q", "k", "v", "o"])]
-                + _slots(ff, ["wi", "wi_0", "wi_1", "wo"]),
+                attentions=[_roles(a, ["q", "k", "v", "o"]) for a in attns],
+                ffn=_slots(ff, ["wi", "wi_0", "wi_1", "wo"]),
             ))
     return out
 
@@ -110,10 +133,8 @@ def _llama_layers(model: nn.Module) -> list[LayerSpec]:
         out.append(LayerSpec(
             index=i, stack="decoder", block=layer, self_attn=sa,
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim,
-            lora_targets=_slots(sa, ["q_proj", "v_proj"]),
-            ffn_out=(layer.mlp, "down_proj"),
-            linears=_slots(sa, ["q_proj", "k_proj", "v_proj", "o_proj"])
-            + _slots(layer.mlp, ["gate_proj", "up_proj", "down_proj"]),
+            attentions=[_roles(sa, ["q_proj", "k_proj", "v_proj", "o_proj"])],
+            ffn=_slots(layer.mlp, ["gate_proj", "up_proj", "down_proj"]),
         ))
     return out
 

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from pdspace.design.budget import (
-    DEFAULT_BUDGET_FRACTION,
-    SIZE_NAMES,
-    BudgetSolution,
-    StrategyCost,
-    solve_budget,
-)
+from pdspace.design.budget import DEFAULT_BUDGET_FRACTION, BudgetSolution, StrategyCost, solve_budget
 from pdspace.design.space import Design
-from pdspace.peft.adapter import AdapterLinear, adapter_params
-from pdspace.peft.bitfit import apply_bitfit, bitfit_cost
-from pdspace.peft.families import LayerSpec, get, layer_map
-from pdspace.peft.lora import LoraLinear
-from pdspace.peft.prefix import PrefixKV, use_pdspace_attention
+from pdspace.peft.families import LayerSpec, layer_map
+from pdspace.peft.strategies import LoraLinear, PatchModule, flat_options, parse_options, strategies
 
-SIZE_KEYS = {v: k for k, v in SIZE_NAMES.items()}  # "lora_rank" -> "L", ...
 # the solver lands within a fraction of a module size of the target; this far below it is not rounding
 BELOW_BUDGET_RATIO = 0.9
 
@@ -52,6 +43,8 @@ class PatchReport:
     budget_fraction: float | None
     layers: list[LayerReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # every registered strategy option as flat keys (what `save_pretrained` writes; not part of result.json)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -70,18 +63,23 @@ class PatchReport:
 
     @property
     def fixed_size(self) -> bool:
-        """Whether every module has a fixed size (BitFit only), so no budget can change the count."""
-        return all(set(row.sizes) <= {"B"} for row in self.layers)
+        """Whether every module has a fixed size (BitFit, IA3), so no budget can change the count."""
+        return all(strategies()[s].size_name is None for row in self.layers for s in row.sizes)
+
+    def _fixed_titles(self) -> str:
+        used = dict.fromkeys(s for row in self.layers for s in row.sizes)
+        return "/".join(strategies()[s].title for s in used)
 
     def budget_line(self) -> str | None:
         """One line on why the count is below the budget or not budgeted at all; None when on target."""
         if self.below_budget:
-            why = "BitFit modules have a fixed size" if self.fixed_size else "integer module sizes get no closer"
+            fixed = f"{self._fixed_titles()} modules have a fixed size"
+            why = fixed if self.fixed_size else "integer module sizes get no closer"
             budget = self.budget_fraction or self.target_params / self.backbone_params
             return f"trainable {self.fraction:.3%} is below the {budget:.3%} budget: {why}"
         if self.budget_fraction is None and self.fixed_size:
-            return (f"trainable {self.fraction:.3%} is BitFit's natural size (budget_fraction=null: no budget "
-                    f"solved; the default budget is {DEFAULT_BUDGET_FRACTION:.3%})")
+            return (f"trainable {self.fraction:.3%} is {self._fixed_titles()}'s natural size (budget_fraction=null: "
+                    f"no budget solved; the default budget is {DEFAULT_BUDGET_FRACTION:.3%})")
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,9 +103,10 @@ class PatchReport:
         """A plain-text table: one row per group, then the totals."""
         lines = [f"design {self.design}", f"{'group':>5} {'layers':>9} {'strategies':>10}  {'sizes (first layer)':<42}"
                  f"{'params':>12}"]
+        registry = strategies()
         for g, r in enumerate(self.design.group_ranges()):
             rows = [row for row in self.layers if row.group == g]
-            sizes = ", ".join(f"{SIZE_NAMES.get(k, 'bitfit')}={v}" if k != "B" else "bitfit"
+            sizes = ", ".join(f"{registry[k].size_name}={v}" if registry[k].size_name else registry[k].name
                               for k, v in rows[0].sizes.items()) or "frozen"
             lines.append(f"{g + 1:>5} {f'{r.start}-{r.stop - 1}':>9} {'+'.join(rows[0].strategies) or '-':>10}  "
                          f"{sizes:<42}{sum(x.params for x in rows):>12,}")
@@ -138,29 +137,32 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return backbone, sum(p.numel() for p in model.parameters() if id(p) in head)
 
 
-def layer_costs(layer: LayerSpec) -> dict[str, StrategyCost]:
-    """Parameter cost of each strategy in `layer`."""
-    d = get(layer.ffn_out).out_features
-    return {
-        "A": StrategyCost(fixed=adapter_params(d, 0), unit=adapter_params(d, 1) - adapter_params(d, 0)),
-        "P": StrategyCost(fixed=0, unit=2 * layer.num_kv_heads * layer.head_dim),
-        "L": StrategyCost(fixed=0, unit=sum(get(s).in_features + get(s).out_features for s in layer.lora_targets)),
-        "B": StrategyCost(fixed=bitfit_cost(layer)),
-    }
+def layer_costs(layer: LayerSpec, **options: Any) -> dict[str, StrategyCost]:
+    """Parameter cost of every registered strategy in `layer`, with the strategy options of `apply_design`."""
+    return _costs(layer, parse_options(options))
 
 
-def _fixed_sizes(design: Design, layers: list[LayerSpec], sizes: Mapping[str, int],
+def _costs(layer: LayerSpec, parsed: Mapping[str, Any]) -> dict[str, StrategyCost]:
+    return {letter: s.cost(layer, parsed[letter]) for letter, s in strategies().items()}
+
+
+def _fixed_sizes(design: Design, layers: list[LayerSpec], sizes: Mapping[str, int] | Sequence[Mapping[str, int]],
                  costs: list[dict[str, StrategyCost]], backbone: int) -> BudgetSolution:
-    """Every tuned layer gets the same given sizes (no budget solving)."""
-    letters = {SIZE_KEYS.get(k, k): int(v) for k, v in sizes.items()}
+    """Given sizes, no budget solving: the same for every tuned layer, or one mapping per layer."""
+    registry = strategies()
+    letter_of = {s.size_name: letter for letter, s in registry.items() if s.size_name}  # "lora_rank" -> "L"
+    per_layer = [sizes] * len(layers) if isinstance(sizes, Mapping) else list(sizes)
+    if len(per_layer) != len(layers):
+        raise ValueError(f"sizes gives {len(per_layer)} layers but the model has {len(layers)}")
     sol = BudgetSolution(backbone, None, 0)
     groups = design.layer_group()
-    for i in range(len(layers)):
-        strat = design.strategies[groups[i]]
+    for i, given in enumerate(per_layer):
+        letters = {letter_of.get(k, k): int(v) for k, v in given.items()}
         row = {}
-        for s in strat:
-            if s != "B" and s not in letters:
-                raise ValueError(f"sizes={dict(sizes)} gives no size for {SIZE_NAMES[s]}, used in group {groups[i] + 1}")
+        for s in design.strategies[groups[i]]:
+            if registry[s].size_name and s not in letters:
+                raise ValueError(f"sizes={dict(given)} gives no size for {registry[s].size_name}, used in group "
+                                 f"{groups[i] + 1}")
             row[s] = letters.get(s, 1)
         sol.sizes.append(row)
         sol.layer_params.append(sum(costs[i][s].params(n) for s, n in row.items()))
@@ -173,22 +175,22 @@ def apply_design(
     design: Design,
     budget_fraction: float | None = DEFAULT_BUDGET_FRACTION,
     *,
-    sizes: Mapping[str, int] | None = None,
+    sizes: Mapping[str, int] | Sequence[Mapping[str, int]] | None = None,
     train_head: bool = True,
-    lora_alpha: float = 8.0,
-    lora_rslora: bool = False,
-    lora_dropout: float = 0.0,
-    adapter_activation: str = "relu",
-    prefix_init_std: float = 0.02,
+    **options: Any,
 ) -> PatchReport:
     """Patch `model` in place with `design` at `budget_fraction` of its backbone parameters.
 
-    Freezes every backbone weight, inserts Adapter / Prefix / LoRA / BitFit per layer with
-    the solved sizes, and unfreezes exactly the PEFT parameters (and the task head when
-    `train_head`). `sizes` (e.g. {"lora_rank": 8}) skips the solver and gives every tuned
-    layer the same sizes. Each LoRA module is scaled by `lora_alpha / r` (`lora_alpha / sqrt(r)`
-    with `lora_rslora`), r being the rank solved for its layer, as HF peft does.
+    Freezes every backbone weight, inserts each layer's strategies (Adapter, Prefix, BitFit,
+    LoRA, IA3, any registered one) with the solved sizes, and unfreezes exactly the PEFT
+    parameters (and the task head when `train_head`). `sizes` (e.g. {"lora_rank": 8}) skips the
+    solver and gives every tuned layer the same sizes (a list: one mapping per layer). `options`
+    are the strategies' options as `<name>_<field>`: `lora_alpha` (8.0; each LoRA module is
+    scaled by `lora_alpha / r`, r the rank solved for its layer, as HF peft does), `lora_rslora`
+    (`lora_alpha / sqrt(r)`), `lora_dropout`, `adapter_activation` ('relu'), `adapter_placement`
+    ('ffn' or 'attn_ffn'), `prefix_init_std` (0.02), `prefix_reparam_dim` (0: no MLP).
     """
+    parsed = parse_options(options)
     layers = layer_map(model)
     if len(layers) != design.num_layers:
         stacks = {s: sum(1 for x in layers if x.stack == s) for s in ("encoder", "decoder")}
@@ -196,10 +198,10 @@ def apply_design(
             f"design {design} covers {design.num_layers} layers but {type(model).__name__} has {len(layers)} "
             f"({stacks['encoder']} encoder + {stacks['decoder']} decoder); use groups summing to {len(layers)}"
         )
-    if any(isinstance(m, (LoraLinear, AdapterLinear, PrefixKV)) for m in model.modules()):
+    if any(isinstance(m, PatchModule) for m in model.modules()):
         raise ValueError("model is already patched by pdspace; patch a fresh copy of the backbone")
     backbone, head = count_params(model)
-    costs = [layer_costs(layer) for layer in layers]
+    costs = [_costs(layer, parsed) for layer in layers]
     if sizes is not None:
         sol = _fixed_sizes(design, layers, sizes, costs, backbone)
     else:
@@ -210,30 +212,18 @@ def apply_design(
         for m in head_modules(model):
             m.requires_grad_(True)
     groups = design.layer_group()
-    report = PatchReport(design, backbone, 0, head, sol.target_params, sol.budget_fraction, notes=list(sol.notes))
+    report = PatchReport(design, backbone, 0, head, sol.target_params, sol.budget_fraction, notes=list(sol.notes),
+                         options=flat_options(parsed))
     if not train_head and head:
         report.notes.append(f"task head ({head:,} params) left frozen")
-    any_prefix = False
+    in_order = sorted(strategies().values(), key=lambda s: s.order)
+    used = set()
     for layer, row in zip(layers, sol.sizes):
         params: list[nn.Parameter] = []
-        if "B" in row:
-            params += apply_bitfit(layer)
-        if "L" in row:
-            for parent, name in layer.lora_targets:
-                wrapped = LoraLinear(getattr(parent, name), row["L"], lora_alpha, lora_dropout, lora_rslora)
-                setattr(parent, name, wrapped)
-                params += [wrapped.lora_A, wrapped.lora_B]
-        if "A" in row:
-            parent, name = layer.ffn_out
-            wrapped = AdapterLinear(getattr(parent, name), row["A"], adapter_activation)
-            setattr(parent, name, wrapped)
-            params += [*wrapped.down.parameters(), *wrapped.up.parameters()]
-        if "P" in row:
-            w = next(layer.self_attn.parameters())
-            layer.self_attn.pdspace_prefix = PrefixKV(layer.num_kv_heads, row["P"], layer.head_dim,
-                                                      init_std=prefix_init_std, device=w.device, dtype=w.dtype)
-            params += list(layer.self_attn.pdspace_prefix.parameters())
-            any_prefix = True
+        for s in in_order:
+            if s.letter in row:
+                params += s.attach(layer, row[s.letter], parsed[s.letter])
+                used.add(s.letter)
         for p in params:
             p.requires_grad_(True)
         n = sum(p.numel() for p in params)
@@ -242,8 +232,9 @@ def apply_design(
     report.trainable_params = sum(r.params for r in report.layers)
     if report.trainable_params != sol.trainable_params:
         raise AssertionError(f"inserted {report.trainable_params} params but the solver planned {sol.trainable_params}")
-    if any_prefix:
-        use_pdspace_attention(model)
+    for s in in_order:
+        if s.letter in used and s.finish is not None:
+            s.finish(model)
     model.pdspace_report = report
     return report
 
@@ -262,9 +253,63 @@ def load_trainable_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor
             f"checkpoint does not match the patched model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
             "patch the backbone with the checkpoint's design before loading"
         )
+    shapes = [f"{n} {tuple(t.shape)} vs {tuple(params[n].shape)}" for n, t in state.items()
+              if t.shape != params[n].shape]
+    if shapes:
+        raise ValueError(f"checkpoint tensors do not fit the patched model (checkpoint vs model): {shapes[:3]}; "
+                         "load it into the backbone it was trained on")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
+
+
+def main_output(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The model's main output tensor for `batch` (logits, else the last hidden state), without gradients."""
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@dataclass
+class MergeReport:
+    """What `merge` folded into the backbone's weights, what stays a module, and the output change it made."""
+
+    merged: dict[str, int]  # strategy letter -> modules folded
+    kept: dict[str, int]  # strategy letter -> modules that cannot be folded (adapters, prefixes)
+    max_abs_diff: float | None = None  # merged vs unmerged outputs on the batch given to `merge`
+
+    def __str__(self) -> str:
+        def show(counts: dict[str, int]) -> str:
+            return ", ".join(f"{strategies()[k].title} {n}" for k, n in counts.items()) or "none"
+
+        diff = "" if self.max_abs_diff is None else f"; max |merged - unmerged| = {self.max_abs_diff:.3g}"
+        return f"merged: {show(self.merged)}; kept as modules: {show(self.kept)}{diff}"
+
+
+def merge(model: nn.Module, batch: Mapping[str, torch.Tensor] | None = None) -> MergeReport:
+    """Fold every module that is a pure change of a base weight (LoRA; IA3 where exact) into it, for inference.
+
+    With `batch`, the report holds the largest absolute output difference merged vs unmerged.
+    """
+    before = main_output(model, batch) if batch is not None else None
+    merged: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    # modules() lists an outer wrapper before the one it wraps: reversed, inner modules merge first
+    for m in reversed([m for m in model.modules() if isinstance(m, PatchModule)]):
+        (merged if m.merge() else kept)[m.letter] += 1
+    diff = None
+    if before is not None:
+        diff = (main_output(model, batch).float() - before.float()).abs().max().item()
+    order = list(strategies())
+    return MergeReport(*({k: c[k] for k in order if k in c} for c in (merged, kept)), diff)
+
+
+def unmerge(model: nn.Module) -> int:
+    """Undo `merge` (outer modules first); returns how many modules were unmerged."""
+    done = [m for m in model.modules() if isinstance(m, PatchModule) and m.merged]
+    for m in done:
+        m.unmerge()
+    return len(done)
 
 
 def merge_lora(model: nn.Module) -> int:

@@ -9,35 +9,19 @@ layer's update, and in effect its learning rate, would grow with the rank it was
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-class WrappedLinear(nn.Module):
-    """Base for modules that wrap a linear layer and keep it intact as `base_layer`."""
-
-    def __init__(self, base_layer: nn.Linear) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-
-    # model code reads these off the projection it calls (e.g. T5 checks `wo.weight.dtype`)
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
+from pdspace.design.budget import StrategyCost
+from pdspace.peft.families import LayerSpec, get
+from pdspace.peft.strategies.base import PeftExport, Strategy, WrappedLinear, register
 
 
 def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
@@ -53,6 +37,8 @@ class LoraLinear(WrappedLinear):
     B starts at zero so the patched model starts as the backbone; `scaling` is fixed at
     construction (it is what `merge` folds in and `unmerge` takes out again).
     """
+
+    letter = "L"
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float = 8.0, dropout: float = 0.0,
                  rslora: bool = False) -> None:
@@ -77,11 +63,12 @@ class LoraLinear(WrappedLinear):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     @torch.no_grad()
-    def merge(self) -> None:
+    def merge(self) -> bool:
         """Fold the update into the base weight (for inference)."""
         if not self.merged:
             self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
             self.merged = True
+        return True
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -89,3 +76,48 @@ class LoraLinear(WrappedLinear):
         if self.merged:
             self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
             self.merged = False
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA's options: `alpha` (scaling `alpha / r`, rsLoRA `alpha / sqrt(r)`) and dropout on its input."""
+
+    alpha: float = 8.0
+    rslora: bool = False
+    dropout: float = 0.0
+
+
+def lora_cost(layer: LayerSpec, options: LoraOptions) -> StrategyCost:
+    """Rank r on q and v of every attention costs r * (in + out) per projection."""
+    return StrategyCost(unit=sum(get(s).in_features + get(s).out_features for s in layer.lora_targets))
+
+
+def attach_lora(layer: LayerSpec, rank: int, options: LoraOptions) -> list[nn.Parameter]:
+    """Wrap q and v of every attention in the layer."""
+    params: list[nn.Parameter] = []
+    for parent, name in layer.lora_targets:
+        wrapped = LoraLinear(getattr(parent, name), rank, options.alpha, options.dropout, options.rslora)
+        setattr(parent, name, wrapped)
+        params += [wrapped.lora_A, wrapped.lora_B]
+    return params
+
+
+def lora_peft_config(modules: Mapping[str, LoraLinear], options: LoraOptions, common: Mapping[str, Any]) -> Any:
+    """peft's LoraConfig for these modules: per-module ranks through `rank_pattern` (exact names)."""
+    from peft import LoraConfig
+
+    ranks = {name: m.rank for name, m in modules.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    return LoraConfig(r=r, lora_alpha=options.alpha, lora_dropout=options.dropout, use_rslora=options.rslora,
+                      target_modules=sorted(ranks), rank_pattern={re.escape(n): k for n, k in ranks.items() if k != r},
+                      **common)
+
+
+def lora_to_peft(ours: LoraLinear, theirs: nn.Module) -> None:
+    """Copy A and B into peft's LoRA layer."""
+    theirs.lora_A["default"].weight.copy_(ours.lora_A)
+    theirs.lora_B["default"].weight.copy_(ours.lora_B)
+
+
+register(Strategy("L", "lora", "LoRA", "lora_rank", lora_cost, attach_lora, LoraOptions, order=20,
+                  peft=PeftExport(lora_peft_config, lora_to_peft)))

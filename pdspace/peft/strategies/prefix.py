@@ -6,10 +6,16 @@ prefix lives in one registered attention function ("pdspace"): for a module that
 columns, gives them zero position bias (T5), and calls PyTorch's scaled-dot-product
 attention through transformers' SDPA path. Real tokens keep their own positions; modules
 without a prefix pass straight through. No model forward is copied.
+
+With `reparam_dim` > 0 the prefix is reparameterised as Li and Liang (2021) train it: the
+keys and values are an MLP (d -> reparam_dim -> tanh -> 2 x heads x head_dim) of `prefix_len`
+trainable d-dimensional embeddings, one MLP per layer. The MLP is trained and so counted in
+the budget (a fixed cost per layer, plus d per prefix position).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,19 +24,40 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from pdspace.design.budget import StrategyCost
+from pdspace.peft.families import LayerSpec, get
+from pdspace.peft.strategies.base import PatchModule, Strategy, register
+
 ATTN_IMPLEMENTATION = "pdspace"
 
 
-class PrefixKV(nn.Module):
-    """`prefix_len` trainable key and value vectors per key/value head."""
+class PrefixKV(PatchModule):
+    """`prefix_len` trainable key and value vectors per key/value head (or, reparameterised, an MLP of embeddings)."""
+
+    letter = "P"
 
     def __init__(self, num_kv_heads: int, prefix_len: int, head_dim: int, *, init_std: float = 0.02,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 reparam_dim: int = 0, d_model: int = 0, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.prefix_len = prefix_len
         shape = (num_kv_heads, prefix_len, head_dim)
-        self.key = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
-        self.value = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
+        if reparam_dim:
+            self.embedding = nn.Parameter(torch.randn(prefix_len, d_model, device=device, dtype=dtype) * init_std)
+            self.mlp = nn.Sequential(nn.Linear(d_model, reparam_dim, device=device, dtype=dtype), nn.Tanh(),
+                                     nn.Linear(reparam_dim, 2 * num_kv_heads * head_dim, device=device, dtype=dtype))
+            self.shape = shape
+        else:
+            self.key = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
+            self.value = nn.Parameter(torch.randn(shape, device=device, dtype=dtype) * init_std)
+
+    def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix keys and values, each (heads, prefix_len, head_dim)."""
+        if not hasattr(self, "mlp"):
+            return self.key, self.value
+        heads, p, head_dim = self.shape
+        kv = self.mlp(self.embedding).view(p, 2, heads, head_dim).permute(1, 2, 0, 3)
+        return kv[0], kv[1]
 
     def extend(
         self,
@@ -44,8 +71,9 @@ class PrefixKV(nn.Module):
         """Prepend the prefix to `key`/`value` and widen the mask and position bias (in `kwargs`) to match."""
         batch, p = key.shape[0], self.prefix_len
         q_len, k_len = query.shape[2], key.shape[2]
-        pk = self.key.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
-        pv = self.value.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        prefix_key, prefix_value = self.key_value()
+        pk = prefix_key.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        pv = prefix_value.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
 
         is_causal = kwargs.get("is_causal")
@@ -106,3 +134,41 @@ def use_pdspace_attention(model: nn.Module) -> None:
 # at import too: a patched model unpickled in another process (ddp_spawn ranks, joblib workers)
 # imports this module through PrefixKV and must find its attention function registered
 register_attention()
+
+
+@dataclass(frozen=True)
+class PrefixOptions:
+    """Prefix init (std of the random vectors or embeddings) and optional reparameterisation (MLP width, 0: off)."""
+
+    init_std: float = 0.02
+    reparam_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reparam_dim < 0:
+            raise ValueError(f"prefix_reparam_dim={self.reparam_dim} must be >= 0 (0: no reparameterisation)")
+
+
+def _d_model(layer: LayerSpec) -> int:
+    return get(layer.attentions[0]["q"]).in_features
+
+
+def prefix_cost(layer: LayerSpec, options: PrefixOptions) -> StrategyCost:
+    """Length p costs p keys and values per key/value head; reparameterised, p embeddings plus the MLP."""
+    kv = 2 * layer.num_kv_heads * layer.head_dim
+    h, d = options.reparam_dim, _d_model(layer)
+    if h:
+        return StrategyCost(fixed=d * h + h + h * kv + kv, unit=d)
+    return StrategyCost(unit=kv)
+
+
+def attach_prefix(layer: LayerSpec, prefix_len: int, options: PrefixOptions) -> list[nn.Parameter]:
+    """Give the layer's self-attention its prefix."""
+    w = next(layer.self_attn.parameters())
+    layer.self_attn.pdspace_prefix = PrefixKV(layer.num_kv_heads, prefix_len, layer.head_dim,
+                                              init_std=options.init_std, reparam_dim=options.reparam_dim,
+                                              d_model=_d_model(layer), device=w.device, dtype=w.dtype)
+    return list(layer.self_attn.pdspace_prefix.parameters())
+
+
+register(Strategy("P", "prefix", "Prefix", "prefix_len", prefix_cost, attach_prefix, PrefixOptions, order=40,
+                  finish=use_pdspace_attention))
