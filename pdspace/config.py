@@ -61,7 +61,11 @@ class PeftConf:
     lora_rslora: bool = False
     lora_dropout: float = 0.0
     adapter_activation: str = "relu"
+    # 'ffn': Houlsby's feed-forward adapter; 'attn_ffn': both of his (after attention and feed-forward)
+    adapter_placement: str = "ffn"
     prefix_init_std: float = 0.02
+    # > 0: the prefix is an MLP (d -> this -> tanh -> keys/values) of trainable embeddings, counted in the budget
+    prefix_reparam_dim: int = 0
 
 
 @dataclass

@@ -100,7 +100,7 @@ def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--samples", "0"], "--samples 0 trains nothing"),
     (["--tasks", "sst2,nosuchtask"], "--tasks: Unknown task 'nosuchtask'"),
-    (["--space", "nosuch"], "unknown space 'nosuch'; known: S0, S1, S2, S3, S4"),
+    (["--space", "nosuch"], "unknown space 'nosuch'; known: S0, S0_ia3, S1, S2, S3, S4"),
     (["--config-dir", "/nonexistent"], "--config-dir /nonexistent is not a directory"),
     (["budget_fraction=abc"], "budget_fraction=abc"),
 ])

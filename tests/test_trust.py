@@ -80,7 +80,7 @@ def test_mask_forms_through_a_real_shell(tmp_path):
     (["task.max_length=0"], "task.max_length=0 is not an integer >= 1"),
     (["budget_fraction=2"], "budget_fraction=2.0 must lie in (0, 1)"),
     (["experiment=nosuch"], "unknown config 'experiment/nosuch'; known: adapter, bitfit,"),
-    (["space=nosuch"], "unknown config 'space/nosuch'; known: S0, S1, S2, S3, S4"),
+    (["space=nosuch"], "unknown config 'space/nosuch'; known: S0, S0_ia3, S1, S2, S3, S4"),
     (["task=files"], "task=files needs your data files: set task.train=PATH and task.validation=PATH"),
     (["backbone=minilm", "backbone.path=/nonexistent"], "backbone path /nonexistent does not exist"),
 ])

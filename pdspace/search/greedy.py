@@ -50,8 +50,9 @@ def run_stage(stage: Stage, source: str, conf: Path, sweep: Path, args: argparse
     """Sweep one stage's space (controlled stages split --samples over the dimension's options)."""
     samples = args.samples
     if stage.controlled:
+        letters = plain(OmegaConf.load(space_file(conf, source, setting.config_dir)).space).get("letters")
         samples = max(1, args.samples // len(dimension_options(stage.dimension, setting.num_layers,
-                                                               setting.num_groups)))
+                                                               setting.num_groups, letters)))
     run_sweep(f"stage {stage.key} ({stage.dimension})", source, conf, sweep, args, overrides, setting,
               [f"space.num_samples={samples}", f"space.controlled={stage.dimension if stage.controlled else 'null'}"])
 

@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 
 from pdspace.config import ConfigError, plain
 from pdspace.design.space import (
-    ALL_STRATEGY_SETS,
     ALLOCATIONS,
     GROUPING_PATTERNS,
     Design,
     DesignSpace,
     GroupingConstraint,
     all_masks,
+    strategy_sets,
 )
 
 PLAN_FILE = "samples.yaml"
@@ -68,11 +68,11 @@ def space_of(block: Mapping[str, Any], num_layers: int, num_groups: int = 4) -> 
     block = plain(block)
     return DesignSpace(num_layers, num_groups, grouping=block.get("grouping", "any"),
                        allocation=block.get("allocation", "any"), tunable=block.get("tunable", "any"),
-                       strategies=block.get("strategy", "any"))
+                       strategies=block.get("strategy", "any"), letters=block.get("letters"))
 
 
-def dimension_options(dimension: str, num_layers: int, num_groups: int = 4) -> list[str]:
-    """Every option of a dimension (what a controlled sweep expands)."""
+def dimension_options(dimension: str, num_layers: int, num_groups: int = 4, letters: str | None = None) -> list[str]:
+    """Every option of a dimension (what a controlled sweep expands); strategy sets over the space's letters."""
     if dimension == "grouping":
         options = []
         for p in GROUPING_PATTERNS[:-1]:
@@ -87,12 +87,14 @@ def dimension_options(dimension: str, num_layers: int, num_groups: int = 4) -> l
     if dimension == "tunable":
         return ["".join("1" if t else "0" for t in m) for m in all_masks(num_groups)]
     if dimension.startswith("strategy_g") and dimension[10:].isdigit() and 1 <= int(dimension[10:]) <= num_groups:
-        return list(ALL_STRATEGY_SETS)
+        return list(strategy_sets(letters))
     raise PlanError(f"unknown dimension {dimension!r}; use grouping, allocation, tunable or strategy_g1..g{num_groups}")
 
 
-def _with_option(design: Design, dimension: str, option: str, num_layers: int, rng: random.Random) -> Design:
+def _with_option(design: Design, dimension: str, option: str, num_layers: int, rng: random.Random,
+                 letters: str | None = None) -> Design:
     groups, alloc = design.groups, design.allocation
+    sets = strategy_sets(letters)
     mask, strategies = list(design.tunable), list(design.strategies)
     if dimension == "grouping":
         groups = GroupingConstraint(option, num_layers, design.num_groups).sample(rng)
@@ -101,11 +103,11 @@ def _with_option(design: Design, dimension: str, option: str, num_layers: int, r
     elif dimension == "tunable":
         mask = [c == "1" for c in option]
         # a group switched on needs a strategy set: draw one
-        strategies = [s or rng.choice(ALL_STRATEGY_SETS) for s in strategies]
+        strategies = [s or rng.choice(sets) for s in strategies]
     else:
         k = int(dimension[10:]) - 1
         mask[k], strategies[k] = True, option
-        strategies = [s or rng.choice(ALL_STRATEGY_SETS) for s in strategies]
+        strategies = [s or rng.choice(sets) for s in strategies]
     return Design(groups, alloc, mask, [s if t else "" for s, t in zip(strategies, mask)])
 
 
@@ -150,12 +152,13 @@ def make_plan(block: Mapping[str, Any], num_layers: int, num_groups: int = 4, ch
     designs: dict[tuple[Design, str], dict[str, str]] = {}
     if controlled:
         rng = random.Random(seed)
-        options = dimension_options(controlled, num_layers, num_groups)
+        letters = block.get("letters")
+        options = dimension_options(controlled, num_layers, num_groups, letters)
         expansions: dict[Design, list[tuple[Design, str]]] = {}
 
         def ok_base(base: Design) -> bool:
             # expanded here, once per base in draw order: with every design buildable, the same plan as ever
-            expansions[base] = [(_with_option(base, controlled, o, num_layers, rng), o) for o in options]
+            expansions[base] = [(_with_option(base, controlled, o, num_layers, rng, letters), o) for o in options]
             return all([ok(d) for d, _ in expansions[base]])
 
         for base in space.sample(n, seed, accept=ok_base):
@@ -197,7 +200,9 @@ def design_check(model: Any, budget_fraction: float | None, peft: Mapping[str, A
     peft = plain(peft) or {}
     if peft.get("full_finetune") or peft.get("sizes"):
         return lambda design: None  # nothing to solve
-    costs = [layer_costs(layer) for layer in layer_map(model)]
+    # the strategy options change costs (e.g. a second adapter, a reparameterised prefix)
+    options = {k: v for k, v in peft.items() if k not in ("full_finetune", "sizes", "train_head")}
+    costs = [layer_costs(layer, **options) for layer in layer_map(model)]
     total = count_params(model)[0]
 
     def check(design: Design) -> str | None:
