@@ -194,6 +194,17 @@ def load_backbone(name: str, path: str | None = None, *, arch: str | None = None
     return Backbone(name, model, tok, text_to_text, cached, time.perf_counter() - t0)
 
 
+def backbone_for(backbone: Any, spec: Any, seed: int, *, meta: bool = False) -> Backbone:
+    """The backbone a run's config names (`backbone:` block), with the head its task (`spec`) needs."""
+    from pdspace.config import plain
+
+    bb = plain(backbone)
+    return load_backbone(bb["name"], bb.get("path"), arch=bb.get("arch"), tokenizer=bb.get("tokenizer"),
+                         num_labels=spec.num_labels if spec.kind == "classification" else 1,
+                         text_to_text=True if spec.kind == "seq2seq" else None, seed=int(seed),
+                         overrides=bb.get("overrides") or None, meta=meta)
+
+
 def clear_cache() -> None:
     """Forget cached backbones and tokenizers (and the load counts)."""
     _MODELS.clear()

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -26,6 +27,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from pdspace.errors import PDSpaceError
 
 SCHEMA_NAME = "pdspace_train_schema"
+# the packaged configs (pdspace/conf links to the top-level conf/)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class ConfigError(PDSpaceError, ValueError):

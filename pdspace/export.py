@@ -230,11 +230,10 @@ def _unpatched_copy(model: nn.Module) -> nn.Module:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, to_peft: bool = False) -> Path:
     """Rebuild a finished run's backbone, patch it with the run's design and sizes, load its best epoch, save."""
-    from omegaconf import OmegaConf
-
     from pdspace import results
-    from pdspace.backbones import load_backbone
-    from pdspace.train import CHECKPOINT_FILE, _task_spec
+    from pdspace.backbones import backbone_for
+    from pdspace.data import task_spec
+    from pdspace.results import CHECKPOINT_FILE
 
     run = Path(run_dir)
     result = results.read(run / results.RESULT_FILE)
@@ -243,12 +242,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, to_peft: bool = Fals
         why = "is a full fine-tuning run" if result.get("design_id") == "full" else f"is {result['status']}"
         raise ExportError(f"{run} {why}; export needs a completed PEFT run with its {CHECKPOINT_FILE}")
     cfg = result["config"]
-    spec = _task_spec(OmegaConf.create(cfg["task"]))
     bb = cfg["backbone"]
-    model = load_backbone(bb["name"], bb.get("path"), arch=bb.get("arch"), tokenizer=bb.get("tokenizer"),
-                          num_labels=spec.num_labels if spec.kind == "classification" else 1,
-                          text_to_text=True if spec.kind == "seq2seq" else None, seed=int(cfg["seed"]),
-                          overrides=bb.get("overrides") or None).model
+    model = backbone_for(bb, task_spec(cfg["task"]), int(cfg["seed"])).model
     options = {k: v for k, v in cfg["peft"].items() if k not in ("full_finetune", "sizes")}
     best = torch.load(checkpoint, map_location="cpu", weights_only=True)
     _patch_as_saved(model, result["design"], result["params"], best["state_dict"], **options)

@@ -29,6 +29,8 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
+# the trainable tensors of a run's best epoch ({"state_dict", "epoch", "metrics"}), beside its result.json
+CHECKPOINT_FILE = "best_trainable.pt"
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted", "dry_run")
 # statuses that count as a failed job of a sweep (pruned and dry-run jobs are no failures)
 FAILED_STATUSES = ("failed", "interrupted")

@@ -105,3 +105,17 @@ def finish(loggers: list[Any], status: str) -> None:
                 wandb.finish(exit_code=1 if bad else 0)
         else:
             lg.finalize("failed" if bad else "success")
+
+
+def quiet() -> None:
+    """Keep transformers, tokenizers and Lightning to what a pdspace user needs to read."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*srun.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

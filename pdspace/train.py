@@ -35,15 +35,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pdspace import results, tracking
-from pdspace.config import check_config, differing_keys, fingerprint, one_line_errors, plain
+from pdspace.config import CONF_DIR, check_config, differing_keys, fingerprint, one_line_errors, plain
 from pdspace.design.space import Design, DesignSpace
 from pdspace.errors import PDSpaceError
-from pdspace.results import RESULT_FILE
+from pdspace.results import CHECKPOINT_FILE, RESULT_FILE
 
 log = logging.getLogger("pdspace")
-# the packaged configs (pdspace/conf links to the top-level conf/)
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-CHECKPOINT_FILE = "best_trainable.pt"
 FIT_STATE_FILE = "fit_state.json"
 VERSIONED = ("pdspace", "torch", "lightning", "transformers", "hydra-core", "omegaconf", "datasets",
              "torchmetrics", "wandb")
@@ -150,15 +147,6 @@ class _Clock:
         now = time.perf_counter()
         self.marks[name] = self.marks.get(name, 0.0) + now - getattr(self, "_last", self.t0)
         self._last = now
-
-
-def _task_spec(task: DictConfig) -> Any:
-    from pdspace.data import files_task, get_task
-
-    if task.name == "files":
-        return files_task("files", task.kind, tuple(task.text_fields), task.label_field, int(task.num_labels),
-                          tuple(task.get("label_words") or ()))
-    return get_task(task.name)
 
 
 def _precision(trainer_cfg: DictConfig) -> str:
@@ -320,17 +308,14 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
          trial: Any = None) -> float:
     import lightning as L
 
-    from pdspace.backbones import load_backbone
+    from pdspace.backbones import backbone_for
+    from pdspace.data import task_spec
     from pdspace.peft.families import layer_map
     from pdspace.peft.patch import apply_design
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    spec = _task_spec(cfg.task)
-    bb_cfg = cfg.backbone
-    bb = load_backbone(bb_cfg.name, bb_cfg.path, arch=bb_cfg.arch, tokenizer=bb_cfg.tokenizer,
-                       num_labels=spec.num_labels if spec.kind == "classification" else 1,
-                       text_to_text=True if spec.kind == "seq2seq" else None, seed=int(cfg.seed),
-                       overrides=plain(bb_cfg.get("overrides")) or None, meta=bool(cfg.dry_run))
+    spec = task_spec(plain(cfg.task))
+    bb = backbone_for(cfg.backbone, spec, int(cfg.seed), meta=bool(cfg.dry_run))
     result["backbone_cached"] = bb.cached
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
     if peft.pop("full_finetune", False):
@@ -452,19 +437,6 @@ def _trial_design(cfg: DictConfig, model: Any, num_layers: int, trial: Any, out:
     return design
 
 
-def _quiet() -> None:
-    import warnings
-
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*srun.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra task function."""
@@ -477,7 +449,7 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     """Console script `pdspace-train`: bad input and a failed single run exit 1 with one error line."""
-    _quiet()
+    tracking.quiet()
     with one_line_errors("pdspace-train"):
         try:
             main()

@@ -14,9 +14,10 @@ from pdspace.data.tasks import (
     format_input,
     get_task,
     make_metrics,
+    task_spec,
 )
 
 __all__ = [
     "GLUE_TASKS", "TASKS", "DataError", "PDSpaceDataModule", "TaskSpec", "add_score", "decode_prediction",
-    "encode_target", "files_task", "format_input", "get_task", "load_rows", "make_metrics",
+    "encode_target", "files_task", "format_input", "get_task", "load_rows", "make_metrics", "task_spec",
 ]

@@ -156,6 +156,14 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
                     "for your own data pass files_task(...) instead.")
 
 
+def task_spec(task: Mapping[str, Any]) -> TaskSpec:
+    """The TaskSpec of a `task:` config block (a named task, or `files` with its columns)."""
+    if task["name"] == "files":
+        return files_task("files", task["kind"], tuple(task["text_fields"]), task["label_field"],
+                          int(task["num_labels"]), tuple(task.get("label_words") or ()))
+    return get_task(task["name"])
+
+
 def files_task(name: str, kind: str, text_fields: str | Sequence[str], label_field: str = "label",
                num_labels: int | None = None, label_words: Sequence[str] = (),
                metrics: Sequence[str] | None = None) -> TaskSpec:

@@ -125,7 +125,7 @@ def compose(overrides: Sequence[str], config_dir: Path | None = None) -> Any:
     from hydra.core.global_hydra import GlobalHydra
 
     from pdspace.config import check_config
-    from pdspace.train import CONF_DIR
+    from pdspace.config import CONF_DIR
 
     GlobalHydra.instance().clear()
     extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
@@ -139,7 +139,7 @@ def compose(overrides: Sequence[str], config_dir: Path | None = None) -> Any:
 
 
 def space_file(conf: Path, name: str, config_dir: Path | None = None) -> Path:
-    from pdspace.train import CONF_DIR
+    from pdspace.config import CONF_DIR
 
     dirs = [conf, *([config_dir] if config_dir else []), CONF_DIR]
     for d in dirs:
@@ -180,7 +180,7 @@ def best_design(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> tuple
 
 
 def _config_groups(config_dir: Path | None) -> set[str]:
-    from pdspace.train import CONF_DIR
+    from pdspace.config import CONF_DIR
 
     return {p.name for d in (CONF_DIR, config_dir) if d for p in d.iterdir() if p.is_dir() and p.name != "hydra"}
 
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         p.error(f"unrecognised arguments {bad}; pass job overrides as KEY=VALUE")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    from pdspace.train import _quiet
+    from pdspace.tracking import quiet
 
-    _quiet()
+    quiet()
     try:
         state = search(args, overrides)
     except Exception as e:  # noqa: BLE001 - user errors as one line; anything else keeps its traceback
