@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import random
 import time
+import types
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from torchmetrics.aggregation import MeanMetric
 
 from pdspace.data.tasks import TaskSpec, add_score, make_metrics, parse_prediction
 from pdspace.peft.patch import trainable_state_dict
+
+log = logging.getLogger(__name__)
 
 
 class PEFTModule(L.LightningModule):
@@ -35,13 +41,20 @@ class PEFTModule(L.LightningModule):
 
     `generation` sets decoding (keys ``num_beams``, ``max_new_tokens``, ``length_penalty``);
     None or a missing key: greedy, ``max_new_tokens = max_target_length``, length penalty 1.0.
+
+    `compile=True` runs the training forward (and so its backward, through AOTAutograd) with
+    `torch.compile` (`compile_mode`: its mode, None for the default), batch and sequence
+    dimensions dynamic; see `CompiledModel`. Validation (the loss/logits forward and T5/BART
+    generation) stays eager on the same parameters, so it computes exactly what an eager run
+    does. `compile_stats()` counts compilations and recompiles.
     """
 
     def __init__(self, model: nn.Module, spec: TaskSpec, tokenizer: Any, *, text_to_text: bool,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, scheduler: str = "linear",
                  warmup_ratio: float = 0.0, max_target_length: int | None = None,
                  checkpoint_path: str | Path | None = None,
-                 generation: Mapping[str, Any] | None = None) -> None:
+                 generation: Mapping[str, Any] | None = None, compile: bool = False,
+                 compile_mode: str | None = None) -> None:
         super().__init__()
         # backbones are cached in eval mode; training needs dropout back on
         self.model, self.spec, self.tokenizer = model.train(), spec, tokenizer
@@ -57,6 +70,12 @@ class PEFTModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self._val_loss: list[torch.Tensor] = []
+        self.compile, self.compile_mode = bool(compile), compile_mode
+        if self.compile:
+            check_compile_mode(compile_mode)
+        # built in configure_model (in every process a strategy starts); never pickled, never a submodule,
+        # so the state dict and the checkpoints keep the plain model's keys
+        self._compiled: CompiledModel | None = None
 
     @property
     def objective(self) -> str:
@@ -66,8 +85,26 @@ class PEFTModule(L.LightningModule):
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in batch.items() if k != "gold"}
 
+    def configure_model(self) -> None:
+        """Compile the training forward once (`compile=True`); Lightning calls this at the start of fit."""
+        if self.compile and self._compiled is None:
+            self._compiled = CompiledModel(self.model, self.compile_mode)
+
+    def compile_stats(self) -> dict[str, Any]:
+        """Compilations of this module's model (see `CompiledModel.stats`); ``{"enabled": False}`` when eager."""
+        if self._compiled is None:
+            return {"enabled": False} if not self.compile else {"enabled": True, "compiles": 0, "recompiles": 0}
+        return self._compiled.stats()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # compiled code cannot be pickled (ddp_spawn pickles the module); configure_model compiles again there
+        state = super().__getstate__()
+        state["_compiled"] = None
+        return state
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**self._inputs(batch)).loss
+        forward = self._compiled if self._compiled is not None else self.model
+        loss = forward(**self._inputs(batch)).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -173,6 +210,154 @@ class PEFTModule(L.LightningModule):
         schedule = transformers.get_scheduler(self.scheduler, optimizer, num_warmup_steps=int(self.warmup_ratio * total),
                                               num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+# ---- torch.compile ----------------------------------------------------------------------------------------------
+
+# Dynamo keeps compiled code per *code object*, at most `recompile_limit` (8) entries each. Compiling the HF model
+# itself puts every job's graphs on one code object that all HF forwards share (transformers' `wrapper`), so in a
+# sweep the 5th design or so hits the limit and silently runs eager. Each model layout gets its own entry function
+# instead: a job repeating a layout (same design, another seed) reuses the compiled code, and a new layout starts
+# with an empty cache. The oldest layouts are dropped, and their compiled code with them.
+_ENTRY_CACHE: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+_ENTRY_CACHE_SIZE = 8
+
+
+def _entry(model: nn.Module, inputs: dict[str, Any]) -> Any:
+    return model(**inputs)
+
+
+def model_layout(model: nn.Module) -> str:
+    """A short digest of the model's class and its parameters' names, shapes, dtypes and trainability."""
+    h = hashlib.sha1(type(model).__qualname__.encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{p.requires_grad};".encode())
+    h.update(str(getattr(getattr(model, "config", None), "_attn_implementation", "")).encode())
+    return h.hexdigest()[:12]
+
+
+def _entry_for(layout: str) -> Callable[..., Any]:
+    fn = _ENTRY_CACHE.pop(layout, None)
+    if fn is None:
+        code = _entry.__code__.replace(co_name=f"pdspace_forward_{layout}")
+        fn = types.FunctionType(code, _entry.__globals__, code.co_name)
+    _ENTRY_CACHE[layout] = fn
+    while len(_ENTRY_CACHE) > _ENTRY_CACHE_SIZE:
+        _ENTRY_CACHE.popitem(last=False)
+    return fn
+
+
+def _settle_problem_type(model: nn.Module, inputs: Mapping[str, Any]) -> None:
+    # HF sequence classifiers choose `config.problem_type` on their first forward with labels and store it: a graph
+    # compiled before is guarded on the old value (None) and recompiles at step 2. Choose it first, by HF's rule.
+    # (one label per example: sequence classification or regression; token-level LM labels never read it)
+    config, labels = getattr(model, "config", None), inputs.get("labels")
+    if config is None or not isinstance(labels, torch.Tensor) or labels.ndim != 1:
+        return
+    if getattr(config, "problem_type", "") is not None:
+        return
+    if config.num_labels == 1:
+        config.problem_type = "regression"
+    elif labels.dtype in (torch.long, torch.int):
+        config.problem_type = "single_label_classification"
+
+
+def check_compile_mode(mode: str | None) -> None:
+    """Raise ValueError for a mode torch.compile does not know (None: its default)."""
+    if mode is None:
+        return
+    import torch._inductor
+
+    modes = list(torch._inductor.list_mode_options())
+    if mode not in modes:
+        raise ValueError(f"train.compile_mode={mode!r} is no torch.compile mode; use one of {modes} or null")
+
+
+def _mark_dynamic(inputs: Mapping[str, Any]) -> None:
+    # batches are padded to their longest sequence and the last one is smaller: with batch and sequence dims
+    # dynamic from the first call one graph serves every batch (automatic dynamic shapes would compile a static
+    # graph first and recompile at the first new length, and again at the first new batch size)
+    import torch._dynamo
+
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor):
+            for dim in range(min(value.ndim, 2)):
+                torch._dynamo.maybe_mark_dynamic(value, dim)
+
+
+class CompiledModel:
+    """`model(**inputs)` through `torch.compile` (one graph for every batch shape), with its compilations counted.
+
+    A compilation in a context (train: grad enabled and `model.training`; eval: anything else)
+    after that context's first call is a recompile: it is logged with dynamo's reason and
+    counted in `stats()`. `dynamic=False` leaves shapes to dynamo's defaults (static first).
+    """
+
+    def __init__(self, model: nn.Module, mode: str | None = None, *, dynamic: bool = True,
+                 backend: str = "inductor", per_layout: bool = True) -> None:
+        check_compile_mode(mode)
+        self.model, self.mode, self.dynamic, self.backend = model, mode, dynamic, backend
+        self.layout = model_layout(model)
+        # `mode` is inductor's; other backends (tests use aot_eager) take none
+        kwargs = {"mode": mode} if backend == "inductor" else {}
+        self.per_layout = per_layout
+        if per_layout:
+            self._fn = torch.compile(_entry_for(self.layout), backend=backend, **kwargs)
+        else:
+            # plain torch.compile(model), kept to measure what the per-layout entry avoids
+            plain = torch.compile(model, backend=backend, **kwargs)
+            self._fn = lambda model, inputs: plain(**inputs)
+        self.calls: dict[str, int] = {}
+        self.compiles: dict[str, int] = {}
+        self.recompiles = 0
+        self.failed = 0  # compilations dynamo gave up on (e.g. its recompile limit): those calls ran eager
+        self.reasons: list[str] = []
+        self.compile_s = 0.0
+
+    def __call__(self, **inputs: Any) -> Any:
+        """The model's output for `inputs`, computed by the compiled graph."""
+        from torch._dynamo import utils as dynamo_utils
+
+        if self.dynamic:
+            _mark_dynamic(inputs)
+        _settle_problem_type(self.model, inputs)
+        context = "train" if torch.is_grad_enabled() and self.model.training else "eval"
+        seen = dynamo_utils.get_compilation_metrics()
+        last = seen[-1] if seen else None
+        out = self._fn(self.model, inputs)
+        new = []
+        for m in reversed(dynamo_utils.get_compilation_metrics()):
+            if m is last:
+                break
+            new.append(m)
+        if new:
+            new.reverse()
+            self.compiles[context] = self.compiles.get(context, 0) + len(new)
+            self.compile_s += sum(m.entire_frame_compile_time_s or 0.0 for m in new)
+            first = not self.calls.get(context, 0)
+            for m in new:
+                reason = (m.recompile_reason or "").strip().splitlines()[0] if m.recompile_reason else ""
+                if m.fail_type:
+                    self.failed += 1
+                    reason = f"not compiled, ran eager: {m.fail_type}: {(m.fail_reason or '').splitlines()[0][:200]}"
+                elif first:
+                    continue
+                else:
+                    self.recompiles += 1
+                self.reasons.append(reason or "unknown")
+                log.warning("torch.compile recompiled %s (%s call %d): %s", m.co_name, context,
+                            self.calls.get(context, 0) + 1, reason or "unknown")
+        self.calls[context] = self.calls.get(context, 0) + 1
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for result.json: compilations per context, recompiles (with reasons) and compile seconds."""
+        return {"enabled": True, "backend": self.backend, "mode": self.mode, "dynamic": self.dynamic,
+                "per_layout": self.per_layout, "layout": self.layout,
+                "compiles": sum(self.compiles.values()), "by_context": dict(self.compiles),
+                "recompiles": self.recompiles, "failed": self.failed, "reasons": self.reasons[:10],
+                "compile_s": round(self.compile_s, 3),
+                "calls": dict(self.calls)}
 
 
 GENERATION_KEYS = ("num_beams", "max_new_tokens", "length_penalty")

@@ -364,7 +364,8 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=bb.text_to_text,
                         optimizer=hydra.utils.instantiate(cfg.optimizer), scheduler=cfg.scheduler.name,
                         warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=task.get("max_target_length"),
-                        checkpoint_path=ckpt, generation=plain(task.get("generation")))
+                        checkpoint_path=ckpt, generation=plain(task.get("generation")),
+                        compile=bool(cfg.train.compile), compile_mode=cfg.train.compile_mode)
     timer = EvalTimer()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
         timer, FitState(out / FIT_STATE_FILE)] + ([trial.callback(module.objective)] if trial else [])
@@ -408,6 +409,8 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     result["metrics"] = {"per_epoch": module.history, "best": module.best}
     result["world_size"] = trainer.world_size
     result["global_step"] = trainer.global_step
+    if module.compile:
+        result["compile"] = module.compile_stats()
     best = module.best[module.objective]
     result["objective"] = {"name": module.objective, "value": best}
     if ckpt is not None and ckpt.exists():

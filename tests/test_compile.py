@@ -1,0 +1,231 @@
+"""torch.compile of patched models (`train.compile=true`): equal to eager, one graph per job, no recompiles.
+
+The fast tests compile with dynamo's `eager` / `aot_eager` backends (the graph capture, the
+guards and the autograd graph are inductor's; only the kernels differ); the `slow` ones with
+inductor, as training does.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import pickle
+
+import lightning as L
+import pytest
+import torch
+from conftest import FAMILY_MODELS
+
+from pdspace.archs import build_model
+from pdspace.design.space import named_design
+from pdspace.module import CompiledModel, PEFTModule
+from pdspace.peft.families import layer_map
+from pdspace.peft.patch import apply_design
+
+# 6 layers (so the paper's S4 design, which mixes all four strategies, fits) and no dropout (so eager and compiled
+# draw no random numbers and must agree)
+SIX_LAYERS_NO_DROPOUT = {
+    "bert": dict(num_hidden_layers=6, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "roberta": dict(num_hidden_layers=6, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "t5": dict(num_layers=3, num_decoder_layers=3, dropout_rate=0.0),
+    "mt5": dict(num_layers=3, num_decoder_layers=3, dropout_rate=0.0),
+    "bart": dict(encoder_layers=3, decoder_layers=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+    "mbart": dict(encoder_layers=3, decoder_layers=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+    "llama": dict(num_hidden_layers=6, attention_dropout=0.0),
+}
+
+
+def patched(family: str, design: str = "s4-model", budget: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """A tiny 6-layer model of `family` without dropout, patched with `design`, in training mode."""
+    arch, head = FAMILY_MODELS[family]
+    kwargs = {"num_labels": 3} if head == "classification" else {}
+    model = build_model(arch, head, seed=seed, **kwargs, **SIX_LAYERS_NO_DROPOUT[family])
+    apply_design(model, named_design(design, len(layer_map(model))), budget)
+    return model.train()
+
+
+def batch(model: torch.nn.Module, size: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    """A training batch padded to `length` (its last row shorter), with labels for the model's head."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, model.config.vocab_size, (size, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, length // 2:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if model.config.is_encoder_decoder:
+        out["labels"] = torch.randint(3, model.config.vocab_size, (size, 3 + seed % 3), generator=g)
+    elif type(model).__name__.endswith("ForCausalLM"):
+        out["labels"] = ids.masked_fill(mask == 0, -100)
+    else:
+        out["labels"] = torch.randint(0, 3, (size,), generator=g)
+    return out
+
+
+# batch sizes and lengths change from step to step, as batches padded to their longest sequence do
+SHAPES = [(3, 7), (3, 11), (2, 9)]
+
+
+def _train_side_by_side(family: str, backend: str, atol: float) -> CompiledModel:
+    eager = patched(family)
+    twin = copy.deepcopy(eager)
+    compiled = CompiledModel(twin, backend=backend)
+    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (eager, twin)]
+    for i, (size, length) in enumerate(SHAPES):
+        b = batch(eager, size, length, i)
+        loss_e = eager(**b).loss
+        loss_c = compiled(**{k: v.clone() for k, v in b.items()}).loss
+        torch.testing.assert_close(loss_c, loss_e, atol=atol, rtol=1e-4)
+        loss_e.backward()
+        loss_c.backward()
+        grads_c = {n: p.grad for n, p in twin.named_parameters() if p.requires_grad}
+        for n, p in eager.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(grads_c[n], p.grad, atol=atol, rtol=1e-3, msg=f"{family} {n} step {i}")
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    eager.eval(), twin.eval()
+    with torch.no_grad():
+        for i, (size, length) in enumerate(SHAPES[:2]):
+            b = batch(eager, size, length, 10 + i)
+            out_e, out_c = eager(**b), compiled(**b)
+            torch.testing.assert_close(out_c.logits, out_e.logits, atol=atol, rtol=1e-4)
+    return compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_compiled_steps_equal_eager_and_never_recompile(family, backend):
+    """Loss, gradients and eval logits equal eager over steps of different shapes, on every family, with the S4 design
+    (adapter, prefix, LoRA and BitFit); one graph for training and one for evaluation, never a recompile."""
+    stats = _train_side_by_side(family, backend, atol=1e-5 if backend == "aot_eager" else 1e-4).stats()
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+    assert stats["by_context"] == {"train": 1, "eval": 1}
+    assert stats["calls"] == {"train": 3, "eval": 2}
+
+
+def _job(base: torch.nn.Module, design: str, budget: float, per_layout: bool = True) -> dict:
+    model = copy.deepcopy(base)
+    apply_design(model, named_design(design, len(layer_map(model))), budget)
+    compiled = CompiledModel(model.train(), backend="eager", per_layout=per_layout, dynamic=per_layout)
+    for i, (size, length) in enumerate(SHAPES):
+        compiled(**batch(model, size, length, i)).loss.backward()
+    model.eval()
+    with torch.no_grad():
+        compiled(**batch(model, 2, 5, 9))
+    return compiled.stats()
+
+
+def test_one_graph_for_every_batch_shape_and_a_repeated_design_compiles_nothing():
+    """Steps of different batch sizes and lengths share one training graph (no recompile after the first step,
+    HF's problem_type settled before it); a second job of the same design, on a fresh copy, compiles nothing."""
+    base = build_model("tiny-bert", "classification", num_labels=3)
+    first = _job(base, "lora", 0.05)
+    assert first["by_context"] == {"train": 1, "eval": 1} and first["recompiles"] == 0, first["reasons"]
+    assert first["calls"] == {"train": 3, "eval": 1}
+    again = _job(base, "lora", 0.05)
+    assert again["layout"] == first["layout"] and again["compiles"] == 0 and again["recompiles"] == 0
+
+
+@pytest.mark.slow
+def test_sweep_jobs_reuse_a_layout_and_never_hit_the_recompile_limit():
+    """Jobs of one process: a repeated design compiles nothing; each new layout compiles once (train + eval).
+
+    Plain `torch.compile(model)` puts every job's graphs on the code object all HF forwards share; past the
+    recompile limit (8 entries) a job's forward is no longer compiled and runs eager.
+    """
+    base = build_model("tiny-bert", "classification", num_labels=3)
+    first, again = _job(base, "lora", 0.05), _job(base, "lora", 0.05)
+    assert first["by_context"] == {"train": 1, "eval": 1} and first["layout"] == again["layout"]
+    assert again["compiles"] == 0 and again["recompiles"] == 0
+    jobs = [("adapter", 0.05), ("prefix", 0.05), ("lora", 0.1)]  # other designs; LoRA at another rank
+    stats = [_job(base, d, b) for d, b in jobs]
+    assert len({s["layout"] for s in stats} | {first["layout"]}) == len(jobs) + 1
+    assert all(s["by_context"] == {"train": 1, "eval": 1} and not s["recompiles"] and not s["failed"] for s in stats)
+
+    torch._dynamo.reset()
+    plain = [_job(base, d, b, per_layout=False) for d, b in [("lora", 0.05), *jobs]]
+    assert sum(s["failed"] for s in plain) >= 1  # the limit was hit: those jobs silently ran eager
+
+
+def test_module_compiles_in_configure_model_and_keeps_its_state_dict():
+    """compile=True: configure_model builds the compiled forward; checkpoints and pickles see the plain model."""
+    from pdspace.data.tasks import get_task
+
+    model = build_model("tiny-bert", "classification", num_labels=2)
+    apply_design(model, named_design("lora", len(layer_map(model))), 0.05)
+    keys = set(model.state_dict())
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3)  # picklable, as Hydra's partial optimizer is
+    module = PEFTModule(model, get_task("synthetic_cls"), None, text_to_text=False, optimizer=adamw, compile=True)
+    assert module.compile_stats() == {"enabled": True, "compiles": 0, "recompiles": 0}
+    module.configure_model()
+    assert isinstance(module._compiled, CompiledModel)
+    assert {k.removeprefix("model.") for k in module.state_dict()} == keys
+    assert pickle.loads(pickle.dumps(module))._compiled is None  # ddp_spawn pickles the module
+    eager = PEFTModule(copy.deepcopy(model), get_task("synthetic_cls"), None, text_to_text=False)
+    eager.configure_model()
+    assert eager._compiled is None and eager.compile_stats() == {"enabled": False}
+    with pytest.raises(ValueError, match="no torch.compile mode"):
+        PEFTModule(model, get_task("synthetic_cls"), None, text_to_text=False, compile=True, compile_mode="fastest")
+
+
+def _fit(arch: str, compile: bool, tmp_path) -> PEFTModule:
+    from pdspace.backbones import load_backbone
+    from pdspace.data import PDSpaceDataModule
+    from pdspace.data.tasks import get_task
+
+    family = arch.removeprefix("tiny-")
+    L.seed_everything(0, verbose=False)
+    bb = load_backbone(arch, arch=arch, cache=False, overrides={
+        k: v for k, v in SIX_LAYERS_NO_DROPOUT[family].items() if "dropout" in k})
+    apply_design(bb.model, named_design("lora", len(layer_map(bb.model))), 0.05)
+    spec = get_task("synthetic_seq2seq")
+    dm = PDSpaceDataModule(spec, bb.tokenizer, max_train_samples=24, max_eval_samples=8, batch_size=8,
+                           eval_batch_size=4)
+    module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=True, max_target_length=6,
+                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2), compile=compile)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["tiny-t5", "tiny-bart"])
+def test_compiled_fit_with_generation_equals_eager(arch, tmp_path):
+    """Lightning fit with compile=True (inductor) on T5/BART: generation-based validation runs and every epoch's
+    metrics equal the eager run's; the training graph never recompiles."""
+    eager = _fit(arch, False, tmp_path / "eager")
+    compiled = _fit(arch, True, tmp_path / "compiled")
+    stats = compiled.compile_stats()
+    assert stats["by_context"] == {"train": 1} and stats["recompiles"] == 0 and stats["failed"] == 0, stats
+    assert stats["calls"]["train"] == 6  # 2 epochs x 3 batches
+    assert len(compiled.history) == len(eager.history) == 2
+    for c, e in zip(compiled.history, eager.history):
+        assert c.keys() == e.keys()
+        for k in c:
+            assert c[k] == pytest.approx(e[k], abs=1e-4), (k, c, e)
+    for (n, p), (_, q) in zip(compiled.model.named_parameters(), eager.model.named_parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=n)
+
+
+@pytest.mark.slow
+def test_pdspace_train_compile_true_records_one_graph_and_matches_eager(launch):
+    """`pdspace-train train.compile=true`: a multirun of two seeds of one design trains with the compiled forward,
+    records its compilations in result.json (one training graph, no recompile; the second job, same layout in the
+    same process, compiles nothing) and reaches the eager run's metrics."""
+    common = ["backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=2", "optimizer.lr=1e-2",
+              "task.max_train_samples=96", "task.max_eval_samples=32", "data.batch_size=16", "strategy=lora",
+              "+backbone.overrides.hidden_dropout_prob=0.0", "+backbone.overrides.attention_probs_dropout_prob=0.0"]
+    compiled = launch(*common, "train.compile=true", "seed=0,0", multirun=True)
+    assert [r["status"] for r in compiled] == ["completed", "completed"]
+    first, second = (r["compile"] for r in compiled)
+    assert first["by_context"] == {"train": 1} and first["recompiles"] == 0 and first["failed"] == 0, first
+    assert second["compiles"] == 0 and second["layout"] == first["layout"], second
+    (eager,) = launch(*common, "seed=0")
+    assert "compile" not in eager
+    for c, e in zip(compiled[0]["metrics"]["per_epoch"], eager["metrics"]["per_epoch"]):
+        assert c["accuracy"] == pytest.approx(e["accuracy"], abs=1 / 32 + 1e-6)
+        assert c["loss"] == pytest.approx(e["loss"], abs=1e-3)
