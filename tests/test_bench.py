@@ -26,7 +26,7 @@ def test_step_bench_prints_every_method_with_ratios(capsys):
     main(["step", "--archs", "tiny-bert", "tiny-t5", "--methods", *methods, "--rounds", "3", "--reps", "1",
           "--warmup", "1", "--batch", "2", "--length", "8", "--cpu", "--threads", "1"])
     out = capsys.readouterr().out
-    assert out.startswith("# ") and "torch " in out and "`python -m pdspace.bench step --archs" in out
+    assert out.startswith("# ") and "torch " in out and "`pdspace-bench step --archs" in out
     rows = [line for line in out.splitlines() if line.startswith("| tiny-")]
     assert len(rows) == 2 * len(methods)
     assert all(len(r.split("|")) == 13 for r in rows)  # 11 columns: no GPU memory, no compile columns

@@ -1,1 +1,1 @@
-"""Speed and memory benchmarks: `python -m pdspace.bench step|sweep`."""
+"""Benchmarks: `pdspace-bench step|sweep|compile|table|replay` (speed, memory, design tables, search replay)."""

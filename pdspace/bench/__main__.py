@@ -1,11 +1,13 @@
-"""Benchmarks that print a table: `python -m pdspace.bench step|sweep|compile --help`.
+"""Benchmarks that print a table: `pdspace-bench step|sweep|compile|table|replay --help`
+(or `python -m pdspace.bench ...`).
 
 step: one training step (fwd + bwd + AdamW) of a patched model, every method interleaved
 round-robin in one process, median and IQR per row, ratios to full fine-tuning and to the
 *floor* (every weight frozen, one trainable scalar on the first layer's output: the least a
 step with a module in layer 0 can cost); eager and/or compiled. sweep: a sequential multirun
 and where each job's time goes. compile: compilations and recompiles across the jobs of one
-process.
+process. table: finished sweeps collected into a design table of learning curves. replay: search
+strategies replayed against a design table (regret vs compute).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 # subcommand modules of pdspace.bench: each has add_parser(sub), which sets `run` as the parser's default
-COMMANDS = ("step", "sweep", "recompiles")
+COMMANDS = ("step", "sweep", "recompiles", "table", "replay")
 
 
 def machine(gpu: bool = True) -> str:
@@ -43,12 +45,12 @@ def header(argv: list[str], gpu: bool = True) -> str:
 
     return (f"# {time.strftime('%Y-%m-%d %H:%M')} · {machine(gpu)} · torch {torch.__version__} · transformers "
             f"{transformers.__version__} · python {platform.python_version()} · "
-            f"`python -m pdspace.bench {' '.join(argv)}`")
+            f"`pdspace-bench {' '.join(argv)}`")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m pdspace.bench step|sweep|compile`."""
-    p = argparse.ArgumentParser(prog="python -m pdspace.bench", description=__doc__.splitlines()[0])
+    """CLI: `pdspace-bench step|sweep|compile|table|replay`."""
+    p = argparse.ArgumentParser(prog="pdspace-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     for name in COMMANDS:
         importlib.import_module(f"pdspace.bench.{name}").add_parser(sub)

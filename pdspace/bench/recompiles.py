@@ -1,4 +1,4 @@
-"""`python -m pdspace.bench compile`: compilations across the jobs of one process, as a sequential sweep runs them.
+"""`pdspace-bench compile`: compilations across the jobs of one process, as a sequential sweep runs them.
 
 Each job takes a fresh deep copy of one backbone (the sweep's cached backbone), patches it
 with its design, compiles it as `train.compile=true` does (`pdspace.module.CompiledModel`),
@@ -94,7 +94,7 @@ def print_jobs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    """`python -m pdspace.bench compile ...`."""
+    """`pdspace-bench compile ...`."""
     c = sub.add_parser("compile", help="compilations and recompiles across the jobs of one process")
     c.add_argument("--backbone", default="tiny-bert", help="an architecture name or a backbone (e.g. minilm)")
     c.add_argument("--designs", nargs="+", default=["lora", "lora", "adapter", "prefix", "bitfit", "adapter"],

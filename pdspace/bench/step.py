@@ -1,4 +1,4 @@
-"""`python -m pdspace.bench step`: one training step (forward, backward, AdamW) per method, interleaved.
+"""`pdspace-bench step`: one training step (forward, backward, AdamW) per method, interleaved.
 
 Every method of an architecture is set up first (its own optimizer, one shared batch, the
 frozen weights shared with the backbone), then timed round-robin: each round runs `reps`
@@ -354,7 +354,7 @@ def print_step(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    """`python -m pdspace.bench step ...`."""
+    """`pdspace-bench step ...`."""
     s = sub.add_parser("step", help="training-step time per method, methods interleaved round-robin")
     s.add_argument("--archs", nargs="+", default=["t5-base", "roberta-base", "bart-base"])
     s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -397,7 +397,7 @@ def _run(args: argparse.Namespace, gpu: bool) -> None:
     args.length = args.length or (128 if gpu else 64)
     args.modes = args.modes or (["compiled"] if args.compile else ["eager"])
     if args.rounds < 1 or args.reps < 1 or args.warmup < 1:
-        raise SystemExit("python -m pdspace.bench step: error: --rounds, --reps and --warmup must be >= 1")
+        raise SystemExit("pdspace-bench step: error: --rounds, --reps and --warmup must be >= 1")
     print(f"threads {torch.get_num_threads()}; batch {args.batch} x {args.length}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     rows = bench_step(args)

@@ -1,4 +1,4 @@
-"""`python -m pdspace.bench sweep`: a sequential multirun and where each job's time goes."""
+"""`pdspace-bench sweep`: a sequential multirun and where each job's time goes."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def bench_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     wall = time.perf_counter() - t0
     if done.returncode:
-        raise SystemExit(f"python -m pdspace.bench sweep: the multirun failed (exit {done.returncode}):\n"
+        raise SystemExit(f"pdspace-bench sweep: the multirun failed (exit {done.returncode}):\n"
                          f"{done.stderr[-3000:]}")
     found, _ = results_io.read_all(results_io.sweep_paths(out))
     rows = []
@@ -72,7 +72,7 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    """`python -m pdspace.bench sweep ...`."""
+    """`pdspace-bench sweep ...`."""
     w = sub.add_parser("sweep", help="per-job time split of a sequential multirun")
     w.add_argument("--jobs", type=int, default=4)
     w.add_argument("--backbone", default="minilm")

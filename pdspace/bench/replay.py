@@ -1,0 +1,405 @@
+"""The replay benchmark: search strategies run against a recorded design table (`pdspace-bench replay`).
+
+A trial "trains" by reading a recorded learning curve (one of the design's seeds, drawn at random:
+the noise a live run has) up to the evaluation it is allowed, so a strategy can be run hundreds of
+times at no training cost, as NAS-Bench-201 and HPOBench do. Each strategy goes through the search
+code the live path uses: random plans (`plans.make_plan`), the greedy stages, winner rule and
+narrowing (`greedy.stages`, `refine.analyse`, `refine.narrowed_space`), Optuna studies through
+`study.TrialJob` (samplers, pruners, the design as parameters) and the found design (`cli.best_design`).
+Only the recorded designs exist: random and greedy draw among them, a study's suggestion is mapped to
+the nearest recorded design, and greedy stages are uncontrolled (a random table holds few controlled
+expansions).
+
+The result, per strategy and compute budget (training epochs spent), is the distribution over repeats
+of the regret of the returned design: the table's best mean score minus the returned design's mean
+score (both over its seeds, each seed's best evaluation as in result.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pdspace.bench import table as table_io
+from pdspace.design.space import Design, DesignSpace, normalize_strategies
+
+STRATEGIES = ("greedy", "random", "tpe", "tpe+hyperband", "gp")
+
+
+@dataclass
+class Recorded:
+    """The full-length curves of one design (one per seed)."""
+
+    design: Design
+    curves: list[list[float]] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Mean over seeds of the best evaluation (what a run's result.json calls its objective)."""
+        return statistics.fmean(max(c) for c in self.curves)
+
+
+class TableSpace:
+    """The recorded designs (of a space), sampled the way `DesignSpace.sample` is, for `plans.make_plan`."""
+
+    def __init__(self, designs: Sequence[Design], space: DesignSpace | None = None) -> None:
+        self.designs = sorted((d for d in designs if space is None or space.contains(d)), key=str)
+        self.size = len(self.designs)
+
+    def __iter__(self) -> Any:
+        return iter(self.designs)
+
+    def contains(self, design: Design) -> bool:
+        """Whether `design` is recorded here."""
+        return design in set(self.designs)
+
+    def sample(self, n: int, seed: int = 0, accept: Any = None) -> list[Design]:
+        """`n` distinct recorded designs in a seeded order (a prefix of the order for a larger `n`)."""
+        order = list(self.designs)
+        random.Random(seed).shuffle(order)
+        return [d for d in order if accept is None or accept(d)][:n]
+
+
+class Oracle:
+    """Trains a design by reading one of its recorded curves; counts the epochs read."""
+
+    def __init__(self, recorded: Mapping[Design, Recorded], rng: random.Random) -> None:
+        self.recorded, self.rng, self.spent = recorded, rng, 0
+
+    def observe(self, design: Design) -> list[float]:
+        """A recorded curve of `design` (a seed drawn at random)."""
+        return list(self.rng.choice(self.recorded[design].curves))
+
+
+def _result(design: Design, task: str, curve: Sequence[float]) -> dict[str, Any]:
+    # what a live job's result.json holds for the search code to read
+    return {"status": "completed", "design": design.to_dict(), "design_id": str(design), "task": task,
+            "objective": {"name": "objective", "value": max(curve)}, "metrics": {"per_epoch": []}}
+
+
+@dataclass
+class Setup:
+    """The table as the strategies see it."""
+
+    task: str
+    recorded: dict[Design, Recorded]
+    epochs: int
+    num_layers: int
+    num_groups: int
+    letters: str
+
+    @property
+    def best(self) -> float:
+        """The table's best mean score."""
+        return max(r.score for r in self.recorded.values())
+
+    def space_block(self, **changes: Any) -> dict[str, Any]:
+        """The unconstrained space over the table's letters, as a `space:` block."""
+        return {"name": "replay", "grouping": "any", "allocation": "any", "tunable": "any", "strategy": "any",
+                "letters": self.letters, "num_samples": 1, "seed": 0, "controlled": None, "tasks": [self.task],
+                "seeds": [0], **changes}
+
+    def space(self, block: Mapping[str, Any] | None = None) -> DesignSpace:
+        """The DesignSpace of a block (default: the unconstrained one)."""
+        from pdspace.search.plans import space_of
+
+        return space_of(block or self.space_block(), self.num_layers, self.num_groups)
+
+
+def setup(rows: Sequence[Mapping[str, Any]], task: str | None = None) -> Setup:
+    """The full-length completed runs of one task, grouped by design."""
+    tasks = sorted({r["task"] for r in rows})
+    task = task or (tasks[0] if len(tasks) == 1 else None)
+    if task not in tasks:
+        raise SystemExit(f"pdspace-bench: error: choose a task with --task (the table has {', '.join(tasks)})")
+    mine = [r for r in rows if r["task"] == task and r["status"] == "completed"]
+    epochs = max(r["epochs"] for r in mine)
+    recorded: dict[Design, Recorded] = {}
+    for r in mine:
+        if r["epochs"] == epochs:
+            design = Design.parse(r["design_id"])
+            recorded.setdefault(design, Recorded(design)).curves.append(list(map(float, r["curve"])))
+    designs = list(recorded)
+    used = {c for d in designs for s in d.strategies for c in s}
+    # the paper's letters at least, in canonical order, and any other the table's designs use
+    letters = normalize_strategies("APBL" + "".join(sorted(used)))
+    return Setup(task, recorded, epochs, designs[0].num_layers, designs[0].num_groups, letters)
+
+
+# ------------------------------------------------------------------------------------- strategies
+
+
+def _best(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> Design:
+    from pdspace.search.cli import SearchError, best_design
+
+    try:
+        return best_design(found, space)[0]
+    except SearchError:
+        return best_design(found, DesignSpace(space.num_layers, space.num_groups))[0]
+
+
+def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
+    """Random search: `budget / epochs` designs of one seeded plan, each trained in full."""
+    from pdspace.search.plans import make_plan
+
+    oracle = Oracle(s.recorded, random.Random(seed))
+    n = max(budgets) // s.epochs
+    plan = make_plan(s.space_block(num_samples=n, seed=seed), s.num_layers, s.num_groups,
+                     space=TableSpace(list(s.recorded)))
+    found: list[dict[str, Any]] = []
+    marks: dict[int, tuple[int, int]] = {}
+    for job in plan.jobs:
+        found.append(_result(job.design, s.task, oracle.observe(job.design)))
+        oracle.spent += s.epochs
+        _mark(marks, budgets, len(found), oracle.spent)
+    return _picks(found, marks, s.space())
+
+
+def _mark(marks: dict[int, tuple[int, int]], budgets: Sequence[int], n_found: int, spent: int) -> None:
+    # per budget: how many finished designs (and epochs) the search had when it last stayed within it
+    for b in budgets:
+        if spent <= b and n_found:
+            marks[b] = (n_found, spent)
+
+
+def _picks(found: Sequence[Mapping[str, Any]], marks: Mapping[int, tuple[int, int]],
+           space: DesignSpace) -> dict[int, tuple[Design, int]]:
+    # the design the search returns at each budget: the best of what it had finished by then
+    return {b: (_best(found[:n], space), spent) for b, (n, spent) in marks.items()}
+
+
+def run_greedy(s: Setup, budget: int, seed: int) -> tuple[Design, int]:
+    """The paper's greedy stages, each sampling `budget / (epochs x stages)` recorded designs of its space."""
+    from pdspace.search.greedy import stages, untuned_reason
+    from pdspace.search.plans import make_plan
+    from pdspace.search.refine import analyse, narrowed_space
+
+    oracle = Oracle(s.recorded, random.Random(seed))
+    all_stages = stages(s.num_groups)
+    n = max(1, budget // (s.epochs * len(all_stages)))
+    block = s.space_block()
+    found_all: list[dict[str, Any]] = []
+    for k, stage in enumerate(all_stages):
+        if untuned_reason(stage, block["tunable"], s.num_groups):
+            continue
+        pool = TableSpace(list(s.recorded), s.space(block))
+        if pool.size == 0:
+            break
+        plan = make_plan({**block, "num_samples": n, "seed": seed * 31 + k}, s.num_layers, s.num_groups, space=pool)
+        found = [_result(j.design, s.task, oracle.observe(j.design)) for j in plan.jobs]
+        oracle.spent += s.epochs * len(found)
+        found_all += found
+        try:
+            winner = analyse(found, stage.dimension, bootstrap=0).winner
+            block = narrowed_space(block, stage.dimension, winner)
+        except ValueError:
+            break  # nothing left to compare: the search stops with what it has
+    return _best(found_all, s.space(block)), oracle.spent
+
+
+def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
+    """An Optuna study (sampler + pruner) through the live job-side trial code, until the budget is spent."""
+    import optuna
+
+    from pdspace.search.study import StudySpec, TrialJob, study_spec
+
+    spec: StudySpec = study_spec({"name": "replay", "search": search, "pruner": pruner,
+                                  "trials": max(budgets) // s.epochs, "seed": seed, "max_resource": s.epochs},
+                                 ".", s.task, s.epochs)
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
+    designs = list(s.recorded)
+    vectors = np.array([_vector(d, s.letters) for d in designs])
+
+    def nearest(design: Design) -> Design:
+        if design in s.recorded:
+            return design
+        return designs[int(np.abs(vectors - np.array(_vector(design, s.letters))).sum(axis=1).argmin())]
+
+    oracle = Oracle(s.recorded, random.Random(seed))
+    space = s.space()
+    found: list[dict[str, Any]] = []
+    marks: dict[int, tuple[int, int]] = {}
+    slot = 0
+    while oracle.spent < max(budgets):
+        job = TrialJob(spec, slot, None, storage=storage)
+        design = job.ask(space, lambda d: None, project=nearest)
+        curve = oracle.observe(design)
+        try:
+            for step, value in enumerate(curve, 1):
+                oracle.spent += 1
+                job.report(step, value)
+            job.tell("completed", [max(curve)])
+            found.append(_result(design, s.task, curve))
+        except optuna.TrialPruned:
+            job.tell("pruned")
+        slot += 1
+        _mark(marks, budgets, len(found), oracle.spent)
+    return _picks(found, marks, space)
+
+
+def _vector(design: Design, letters: str) -> list[float]:
+    from pdspace.search.study import design_vector
+
+    return design_vector(design, letters)
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise SystemExit (one line) for a strategy replay cannot run."""
+    search, _, pruner = strategy.partition("+")
+    if strategy in ("greedy", "random") or (search in ("random", "tpe", "gp") and
+                                           pruner in ("", "none", "successive_halving", "hyperband")):
+        return
+    raise SystemExit(f"pdspace-bench: error: unknown strategy {strategy!r}; use greedy, random, or a sampler "
+                     "(random, tpe, gp) with an optional pruner (+successive_halving, +hyperband), e.g. tpe+hyperband")
+
+
+def replay_once(s: Setup, strategy: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[float, int, str]]:
+    """One repeat of one strategy: per budget, the returned design's regret, the epochs it spent and its id."""
+    if strategy == "greedy":
+        picks = {b: run_greedy(s, b, seed) for b in budgets}
+    elif strategy == "random":
+        picks = run_random(s, budgets, seed)
+    else:
+        search, _, pruner = strategy.partition("+")
+        picks = run_study(s, search, pruner or "none", budgets, seed)
+    best = s.best
+    return {b: (best - s.recorded[d].score, spent, str(d)) for b, (d, spent) in picks.items()}
+
+
+def _repeat(args: tuple[Setup, str, tuple[int, ...], int]) -> tuple[str, int, dict[int, tuple[float, int, str]]]:
+    s, strategy, budgets, seed = args
+    return strategy, seed, replay_once(s, strategy, budgets, seed)
+
+
+def replay(s: Setup, strategies: Sequence[str], budgets: Sequence[int], repeats: int, seed: int = 0,
+           jobs: int = 1, found: dict[str, dict[int, list[str]]] | None = None) -> dict[str, dict[int, list[float]]]:
+    """Regrets per strategy and budget over `repeats` seeded repeats (deterministic for a fixed `seed`).
+
+    `found` (a dict), if given, is filled with the design each repeat returned, per strategy and budget.
+    """
+    for strat in strategies:
+        check_strategy(strat)
+    tasks = [(s, strat, tuple(budgets), seed + r) for strat in strategies for r in range(repeats)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            done = list(pool.map(_repeat, tasks, chunksize=max(1, len(tasks) // (4 * jobs))))
+    else:
+        done = [_repeat(t) for t in tasks]
+    out: dict[str, dict[int, list[float]]] = {strat: {b: [] for b in budgets} for strat in strategies}
+    for strat, _, per_budget in sorted(done, key=lambda x: (x[0], x[1])):
+        for b in budgets:
+            if b in per_budget:
+                out[strat][b].append(per_budget[b][0])
+                if found is not None:
+                    found.setdefault(strat, {}).setdefault(b, []).append(per_budget[b][2])
+    return out
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def _q(values: Sequence[float], q: float) -> float:
+    return float(np.quantile(values, q)) if values else math.nan
+
+
+def markdown(regrets: Mapping[str, Mapping[int, list[float]]], budgets: Sequence[int], threshold: float) -> str:
+    """Median [q25, q75] regret (x 100) per strategy and budget, and the budget each needs to reach `threshold`."""
+    lines = ["| strategy | " + " | ".join(f"{b} ep." for b in budgets) + f" | epochs to median regret ≤ {threshold:g} |",
+             "|---|" + "---:|" * (len(budgets) + 1)]
+    for strat, per in regrets.items():
+        cells = []
+        for b in budgets:
+            v = per.get(b) or []
+            cells.append(f"{100 * _q(v, .5):.2f} [{100 * _q(v, .25):.2f}, {100 * _q(v, .75):.2f}]" if v else "–")
+        reach = next((b for b in budgets if per.get(b) and _q(per[b], .5) <= threshold), None)
+        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {reach if reach is not None else '> ' + str(max(budgets))} |")
+    return "\n".join(lines)
+
+
+def plot(regrets: Mapping[str, Mapping[int, list[float]]], budgets: Sequence[int], path: Path, title: str) -> Path:
+    """Median regret and its interquartile band vs epochs spent, one line per strategy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
+    for i, (strat, per) in enumerate(regrets.items()):
+        xs = [b for b in budgets if per.get(b)]
+        ax.plot(xs, [100 * _q(per[b], .5) for b in xs], marker="o", color=f"C{i}", label=strat)
+        ax.fill_between(xs, [100 * _q(per[b], .25) for b in xs], [100 * _q(per[b], .75) for b in xs],
+                        color=f"C{i}", alpha=0.15)
+    ax.set(xscale="log", xlabel="training epochs spent", ylabel="regret (objective x 100)", title=title)
+    ax.set_xticks(list(budgets), [str(b) for b in budgets])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def add_parser(sub: Any) -> None:
+    """`pdspace-bench replay TABLE --strategies ... --budgets ... --repeats N`."""
+    p = sub.add_parser("replay", help="replay search strategies against a recorded design table")
+    p.add_argument("table", help="a table written by `pdspace-bench table`")
+    p.add_argument("--task", default=None, help="the task to replay (default: the table's only task)")
+    p.add_argument("--strategies", default="greedy,random,tpe,tpe+hyperband",
+                   help=f"comma-separated, of {', '.join(STRATEGIES)} (and e.g. random+hyperband)")
+    p.add_argument("--budgets", default=None, help="comma-separated epoch budgets (default: 4 to 32 designs' worth)")
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=0.01, help="regret for the 'epochs to reach' column")
+    p.add_argument("--jobs", type=int, default=None, help="processes (default: every core)")
+    p.add_argument("--out", default=None, help="also write replay.md, replay.json and replay.png here")
+    p.set_defaults(run=run)
+
+
+def found_markdown(s: Setup, found: Mapping[str, Mapping[int, list[str]]], budget: int) -> str:
+    """Per strategy, the design it returned most often at `budget` epochs, how often, and its table score."""
+    from collections import Counter
+
+    lines = [f"| strategy | design returned most often at {budget} epochs | share of repeats | mean score |",
+             "|---|---|---:|---:|"]
+    for strat, per in found.items():
+        ids = per.get(budget) or []
+        if not ids:
+            continue
+        design, n = Counter(ids).most_common(1)[0]
+        lines.append(f"| {strat} | `{design}` | {n / len(ids):.0%} | {s.recorded[Design.parse(design)].score:.4f} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Replay, print the tables, write the files."""
+    import json
+    import os
+
+    t0 = time.perf_counter()
+    s = setup(table_io.read(args.table), args.task)
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [s.epochs * k for k in (4, 8, 16, 32)]
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    found: dict[str, dict[int, list[str]]] = {}
+    regrets = replay(s, strategies, budgets, args.repeats, args.seed, args.jobs or os.cpu_count() or 1, found)
+    md = markdown(regrets, budgets, args.threshold) + "\n\n" + found_markdown(s, found, max(budgets))
+    best = max(s.recorded.values(), key=lambda r: r.score)
+    head = (f"{s.task}: {len(s.recorded)} recorded designs ({sum(len(r.curves) for r in s.recorded.values())} runs, "
+            f"{s.epochs} evaluations each), best mean score {s.best:.4f} (`{best.design}`); {args.repeats} repeats "
+            f"per strategy, seed {args.seed}; cells: median [q25, q75] regret x 100 "
+            f"({time.perf_counter() - t0:.0f} s)")
+    print(head + "\n\n" + md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "replay.md").write_text(head + "\n\n" + md + "\n")
+        (out / "replay.json").write_text(json.dumps({"budgets": budgets, "regrets": regrets, "found": found,
+                                                     "best": s.best, "best_design": str(best.design)}))
+        plot(regrets, budgets, out / "replay.png", f"{s.task}: regret vs compute ({args.repeats} repeats)")
+        print(f"wrote {out / 'replay.md'}, replay.json, replay.png")

@@ -1,0 +1,105 @@
+"""Design tables: finished sweeps collected into one table of learning curves (`pdspace-bench table`).
+
+One row per run: the design and its dimensions, task, seed, budget and parameter counts, the validation
+objective after every evaluation (the learning curve) and the seconds a training epoch took. Parquet
+(lists stay lists) or CSV (the curve as a JSON list). A table is the oracle of the replay benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pdspace import results
+from pdspace.design.space import Design
+
+COLUMNS = ("design_id", "grouping", "allocation", "tunable", "strategies", "task", "seed", "backbone", "budget_fraction",
+           "trainable_params", "fraction", "objective", "curve", "epochs", "best", "train_s_per_epoch", "status",
+           "method", "source")
+
+
+def row_of(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A table row of a completed or pruned run with a design and a curve (None for any other run)."""
+    curve = results.curve(result)
+    if result.get("status") not in ("completed", "pruned") or not curve or not result.get("design"):
+        return None
+    design = Design.from_dict(result["design"])
+    epochs = len(curve)
+    timings = result.get("timings") or {}
+    return {"design_id": str(design), "grouping": "-".join(map(str, design.groups)), "allocation": design.allocation,
+            "tunable": "".join("1" if t else "0" for t in design.tunable),
+            "strategies": "|".join("+".join(s) or "-" for s in design.strategies), "task": result.get("task"),
+            "seed": int(result.get("seed") or 0), "backbone": result.get("backbone"),
+            "budget_fraction": result.get("budget_fraction"),
+            "trainable_params": int((result.get("params") or {}).get("trainable_params") or 0),
+            "fraction": float((result.get("params") or {}).get("fraction") or 0.0),
+            "objective": (result.get("objective") or {}).get("name"), "curve": curve, "epochs": epochs,
+            "best": max(curve), "train_s_per_epoch": float(timings.get("train_s") or 0.0) / epochs,
+            "status": result["status"], "method": result.get("method") or "", "source": result.get("_path", "")}
+
+
+def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The rows of every run under `paths` (sweep dirs or run dirs, searched recursively)."""
+    found, _ = results.read_all(results.find(paths))
+    return [row for row in map(row_of, found) if row is not None]
+
+
+def write(rows: Iterable[Mapping[str, Any]], out: str | Path) -> Path:
+    """Write rows as Parquet (`.parquet`) or CSV (any other suffix; the curve as a JSON list)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), out, compression="zstd")
+        return out
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "curve": json.dumps(r["curve"])})
+    return out
+
+
+def read(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a table written by `write`."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ints, floats = ("seed", "trainable_params", "epochs"), ("budget_fraction", "fraction", "best", "train_s_per_epoch")
+    for r in rows:
+        r["curve"] = json.loads(r["curve"])
+        r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats if r[k] not in ("", "None")})
+    return rows
+
+
+def add_parser(sub: Any) -> None:
+    """`pdspace-bench table SWEEP_DIR... --out table.parquet`."""
+    p = sub.add_parser("table", help="collect finished sweeps into a design table (learning curves)")
+    p.add_argument("sweep_dirs", nargs="+", help="sweep or run dirs (searched recursively for result.json)")
+    p.add_argument("--out", required=True, help="table.parquet (or .csv)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Collect and write; print a one-line summary per task."""
+    rows = collect(args.sweep_dirs)
+    if not rows:
+        raise SystemExit(f"pdspace-bench: error: no completed run with a design and a curve under {args.sweep_dirs}")
+    path = write(rows, args.out)
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        designs = {r["design_id"] for r in mine}
+        print(f"{task}: {len(mine)} runs of {len(designs)} designs, "
+              f"{sum(r['status'] == 'pruned' for r in mine)} pruned, best {max(r['best'] for r in mine):.4f}")
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
