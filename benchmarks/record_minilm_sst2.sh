@@ -3,10 +3,10 @@
 # MiniLM (pretrained, bundled) on SST-2 from $GLUE_DIR: a fixed 1,000-example training subset and 500 dev
 # examples, 3 epochs with an evaluation after each, lr 3e-3 (a short schedule; see experiment=quick_sst2),
 # 0.5 % budget. Resumable: rerun the script and every completed job is skipped.
-#   bash benchmarks/record_minilm_sst2.sh [N_S0_DESIGNS]     (default 64; ~55 s a job on 2 CPU cores)
+#   bash benchmarks/record_minilm_sst2.sh [N_S0_DESIGNS]     (default 60; ~55 s a job on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n="${1:-64}"
+n="${1:-60}"
 root="${PDSPACE_TABLE_DIR:-multirun/table_minilm_sst2}"
 common=(backbone=minilm task=sst2 task.max_train_samples=1000 task.max_eval_samples=500 trainer.max_epochs=3
         optimizer.lr=3e-3 logger=none callbacks=none save_checkpoint=false)

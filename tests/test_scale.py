@@ -59,6 +59,7 @@ def test_ddp_with_two_cpu_ranks_writes_one_result(tmp_path):
     assert list(tmp_path.rglob("result.json")) == [run / "result.json"]
 
 
+@pytest.mark.slow  # CI keeps tests/test_trust.py::test_a_killed_run_resumes_exactly (mid-epoch)
 def test_killed_job_resumes_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pdspace.train", "backbone=tiny-bert", "task=synthetic_cls", "logger=none",

@@ -24,6 +24,7 @@ def _results(root: Path) -> dict[Path, str]:
     return {p: p.read_text() for p in root.glob("*/*/result.json")}
 
 
+@pytest.mark.slow  # CI keeps test_killing_the_search_stops_its_stage_and_leaves_no_orphan and the sweep resume tests
 def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     root = tmp_path / "search"
     cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--tasks", "synthetic_cls", "--samples", "3",

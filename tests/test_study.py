@@ -142,7 +142,7 @@ def test_multi_objective_study_writes_its_pareto_front(launch, tmp_path):
 def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "pdspace.train", "-m", "space=S0", "space.search=tpe", "space.trials=5", *TINY,
-           "trainer.max_epochs=2", "task.synthetic_size=512", f"hydra.sweep.dir={sweep}",
+           "trainer.max_epochs=2", "task.synthetic_size=256", "task.max_eval_samples=32", f"hydra.sweep.dir={sweep}",
            f"data.cache_dir={tmp_path}/cache"]
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

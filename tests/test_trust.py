@@ -170,8 +170,9 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize(("every", "kill", "saved", "epoch"), [
     (5, 14, 10, 0),   # mid-epoch: the last checkpoint is step 10 of 16
-    (16, 20, 16, 0),  # after epoch 0's validation (never on an epoch's last batch, before its validation)
-    (5, 25, 20, 1),   # in the second epoch
+    # after epoch 0's validation (never on an epoch's last batch, before its validation); in the second epoch
+    pytest.param(16, 20, 16, 0, marks=pytest.mark.slow),
+    pytest.param(5, 25, 20, 1, marks=pytest.mark.slow),
 ])
 def test_a_killed_run_resumes_exactly(tmp_path, uninterrupted, every, kill, saved, epoch):
     """128 examples / batch 8 = 16 steps an epoch, 3 epochs; SIGKILL at step `kill`."""
