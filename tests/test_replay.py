@@ -86,3 +86,12 @@ def test_replay_cli_prints_regrets_and_found_designs(tmp_path, capsys):
     # with every design's single epoch spent, random search has found the best one: regret 0, and it says which
     assert "| random | " in out and f"| random | `{TOY[-1]}` | 100% | 0.9000 |" in out
     assert (tmp_path / "out" / "replay.png").stat().st_size > 0
+
+
+def test_a_strategy_that_cannot_stay_within_a_budget_has_no_result_there():
+    # greedy trains at least one design per stage (3 + G = 7 stages of 2 epochs here): 4 epochs cannot pay for it
+    rows = [_row(d, 0, [0.4 + 0.1 * i, 0.5 + 0.1 * i]) for i, d in enumerate(TOY)]
+    regrets = replay.replay(replay.setup(rows), ["greedy", "random"], [4, 64], repeats=2, seed=0)
+    assert regrets["greedy"][4] == [] and len(regrets["greedy"][64]) == 2
+    assert len(regrets["random"][4]) == 2  # two designs of 2 epochs
+    assert "– (over budget)" in replay.markdown(regrets, [4, 64], 0.01)

@@ -274,7 +274,8 @@ def replay_once(s: Setup, strategy: str, budgets: Sequence[int], seed: int) -> d
         search, _, pruner = strategy.partition("+")
         picks = run_study(s, search, pruner or "none", budgets, seed)
     best = s.best
-    return {b: (best - s.recorded[d].score, spent, str(d)) for b, (d, spent) in picks.items()}
+    # a strategy that cannot stay within a budget (greedy needs a design per stage) has no result there
+    return {b: (best - s.recorded[d].score, spent, str(d)) for b, (d, spent) in picks.items() if spent <= b}
 
 
 def _repeat(args: tuple[Setup, str, tuple[int, ...], int]) -> tuple[str, int, dict[int, tuple[float, int, str]]]:
@@ -321,7 +322,8 @@ def markdown(regrets: Mapping[str, Mapping[int, list[float]]], budgets: Sequence
         cells = []
         for b in budgets:
             v = per.get(b) or []
-            cells.append(f"{100 * _q(v, .5):.2f} [{100 * _q(v, .25):.2f}, {100 * _q(v, .75):.2f}]" if v else "–")
+            cells.append(f"{100 * _q(v, .5):.2f} [{100 * _q(v, .25):.2f}, {100 * _q(v, .75):.2f}]" if v else
+                         "– (over budget)")
         reach = next((b for b in budgets if per.get(b) and _q(per[b], .5) <= threshold), None)
         lines.append(f"| {strat} | " + " | ".join(cells) + f" | {reach if reach is not None else '> ' + str(max(budgets))} |")
     return "\n".join(lines)
