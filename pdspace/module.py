@@ -393,6 +393,23 @@ class EvalTimer(L.Callback):
         self.seconds += time.perf_counter() - self._t
 
 
+class InterruptCheck(L.Callback):
+    """Raises `exc(name)` at the next batch once a signal's name is in `pending`.
+
+    A signal handler's exception can land where Python only prints it (a `__del__`, a weakref
+    callback) and training would go on; this ends the job anyway.
+    """
+
+    def __init__(self, pending: list[str], exc: type[BaseException]) -> None:
+        self.pending, self.exc = pending, exc
+
+    def _check(self, *args: Any) -> None:
+        if self.pending:
+            raise self.exc(self.pending[-1])
+
+    on_train_batch_start = on_train_batch_end = on_validation_batch_end = _check
+
+
 class FitState(L.Callback):
     """Rank 0 writes the metric history at the end of fit: spawned ranks cannot hand it back."""
 

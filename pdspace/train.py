@@ -171,24 +171,32 @@ class JobRefused(RuntimeError):
 
 
 class JobInterrupted(BaseException):
-    """SIGTERM reached a running job (a BaseException, like KeyboardInterrupt, so nothing swallows it)."""
+    """SIGTERM or SIGINT reached a running job (a BaseException, like KeyboardInterrupt, so nothing swallows it)."""
+
+
+# the signals that reached the running job: an exception raised in a signal handler can land where Python only
+# prints it (a __del__, a weakref callback), so pdspace.module.InterruptCheck raises it again at the next batch
+_PENDING: list[str] = []
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    # SIGTERM (a scheduler's stop, `kill`) ends the job like Ctrl-C does: result.json says interrupted
+def _signals_interrupt() -> Iterator[None]:
+    # SIGTERM (a scheduler's stop, `kill`) and Ctrl-C end the job alike: result.json says interrupted
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise JobInterrupted(signal.Signals(signum).name)
+        _PENDING.append(signal.Signals(signum).name)
+        raise JobInterrupted(_PENDING[-1])
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _PENDING.clear()
 
 
 def _prior(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -252,7 +260,7 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
     loggers: list[Any] = []
     trial: Any = None
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             check_config(cfg)
             if cfg.get("space") and not _in_multirun():
                 log.warning("space=%s samples designs only in a multirun (add -m); this run trains the design "
@@ -343,7 +351,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         return float("nan")
 
     from pdspace.data import PDSpaceDataModule
-    from pdspace.module import EvalTimer, FitState, PEFTModule, ResumeCheckpoint
+    from pdspace.module import EvalTimer, FitState, InterruptCheck, PEFTModule, ResumeCheckpoint
 
     log.info("%s on %s\n%s", cfg.task.name, cfg.backbone.name, report.table())
 
@@ -368,7 +376,8 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
                         compile=bool(cfg.train.compile), compile_mode=cfg.train.compile_mode)
     timer = EvalTimer()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
-        timer, FitState(out / FIT_STATE_FILE)] + ([trial.callback(module.objective)] if trial else [])
+        timer, FitState(out / FIT_STATE_FILE), InterruptCheck(_PENDING, JobInterrupted)] + (
+        [trial.callback(module.objective)] if trial else [])
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(precision=_precision(cfg.trainer), default_root_dir=str(out))
     resume = cfg.get("ckpt_path")
@@ -458,7 +467,7 @@ def cli() -> None:
             main()
         except JobInterrupted as e:
             sys.stderr.write(f"pdspace-train: interrupted by {e}\n")
-            raise SystemExit(128 + signal.SIGTERM) from None
+            raise SystemExit(128 + getattr(signal, str(e), signal.SIGTERM)) from None
 
 
 if __name__ == "__main__":
