@@ -3,7 +3,8 @@
 Reads `replay.json` (from `pdspace-bench replay ... --out DIR`), takes every strategy's most
 frequently returned design at BUDGET epochs, and trains each distinct design with seeds 0, 1, 2 in the
 table's regime (benchmarks/record_minilm_sst2.sh), labelled `method=found:<strategies>`, under
-ROOT/found/<n>. Resumable: a relaunch skips completed jobs. Then report them beside the table's runs:
+ROOT/found/<n>. Resumable: a relaunch skips completed jobs; two instances at once share the jobs (each job
+dir is locked while it trains), e.g. with OMP_NUM_THREADS=1 each on a 2-core machine. Then report them beside the table's runs:
 
     python benchmarks/train_found.py REPLAY_DIR BUDGET [ROOT]
     pdspace-report ROOT/full ROOT/baselines ROOT/s4 ROOT/found
@@ -37,8 +38,10 @@ def main() -> None:
         pinned = [o for o in job.overrides() if not o.startswith(("seed=", "hydra.sweep.subdir="))]
         label = "found:" + ",".join(strategies)
         print(f"{label}: {design_id}", flush=True)
-        subprocess.run(["pdspace-train", "-m", *COMMON, *pinned, "seed=0,1,2", f"method='{label}'",
-                        f"hydra.sweep.dir={root}/found/{n}"], check=True)
+        done = subprocess.run(["pdspace-train", "-m", *COMMON, *pinned, "seed=0,1,2", f"method='{label}'",
+                               f"hydra.sweep.dir={root}/found/{n}"])
+        if done.returncode:  # e.g. a job another instance of this script is running: pdspace-report counts runs
+            print(f"{label}: pdspace-train exited {done.returncode}", file=sys.stderr)
 
 
 if __name__ == "__main__":
