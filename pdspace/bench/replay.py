@@ -293,7 +293,10 @@ def replay(s: Setup, strategies: Sequence[str], budgets: Sequence[int], repeats:
         check_strategy(strat)
     tasks = [(s, strat, tuple(budgets), seed + r) for strat in strategies for r in range(repeats)]
     if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
+        import multiprocessing
+
+        # spawn, not fork: a forked child of a process that already ran torch's thread pool (GP sampler) can hang
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             done = list(pool.map(_repeat, tasks, chunksize=max(1, len(tasks) // (4 * jobs))))
     else:
         done = [_repeat(t) for t in tasks]
