@@ -54,6 +54,7 @@ class TableSpace:
 
     def __init__(self, designs: Sequence[Design], space: DesignSpace | None = None) -> None:
         self.designs = sorted((d for d in designs if space is None or space.contains(d)), key=str)
+        self._members = set(self.designs)
         self.size = len(self.designs)
 
     def __iter__(self) -> Any:
@@ -61,7 +62,7 @@ class TableSpace:
 
     def contains(self, design: Design) -> bool:
         """Whether `design` is recorded here."""
-        return design in set(self.designs)
+        return design in self._members
 
     def sample(self, n: int, seed: int = 0, accept: Any = None) -> list[Design]:
         """`n` distinct recorded designs in a seeded order (a prefix of the order for a larger `n`)."""

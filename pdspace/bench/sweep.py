@@ -34,7 +34,7 @@ def bench_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for r in sorted(found, key=lambda r: r["design_seed"]):
         t = r["timings"]
-        # result.json carries the module's compile_stats() under "compile" once train.py logs it
+        # result.json carries the module's compile_stats() under "compile" (train.compile=true runs only)
         comp = r.get("compile") or {}
         rows.append({"job": r["design_seed"], "design": r.get("design_id"), "model_s": t["model_s"],
                      "data_s": t["data_s"], "setup_s": t.get("setup_s", 0.0), "train_s": t["train_s"],
