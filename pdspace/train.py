@@ -42,8 +42,8 @@ from pdspace.results import CHECKPOINT_FILE, RESULT_FILE
 
 log = logging.getLogger("pdspace")
 FIT_STATE_FILE = "fit_state.json"
-VERSIONED = ("pdspace", "torch", "lightning", "transformers", "hydra-core", "omegaconf", "datasets",
-             "torchmetrics", "wandb")
+VERSIONED = ("pdspace", "torch", "lightning", "transformers", "peft", "optuna", "hydra-core", "omegaconf",
+             "datasets", "torchmetrics", "wandb")
 
 
 def build_design(cfg: DictConfig, num_layers: int) -> Design:
