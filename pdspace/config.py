@@ -234,6 +234,24 @@ def _check_known_keys(cfg: Any) -> None:
                               f"{block}: {', '.join(sorted(known))}")
 
 
+def _check_lr_scale(scales: Any) -> None:
+    # a typo in a letter would silently train that strategy at the base rate
+    if scales is None:
+        return
+    from pdspace.peft.strategies import strategies
+
+    known = [*strategies(), "head", "backbone"]
+    if not (isinstance(scales, Mapping) or OmegaConf.is_dict(scales)):
+        raise ConfigError(f"optimizer.lr_scale={scales!r} must map names to numbers, e.g. optimizer.lr_scale.P=10")
+    for name, value in scales.items():
+        if str(name) not in known:
+            raise ConfigError(f"optimizer.lr_scale.{name}: unknown group; use a strategy letter or head/backbone "
+                              f"({', '.join(known)}), e.g. optimizer.lr_scale.P=10")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"optimizer.lr_scale.{name}={value!r} is not a number > 0; give e.g. "
+                              f"optimizer.lr_scale.{name}=10")
+
+
 def check_config(cfg: Any) -> None:
     """Value checks that types cannot express; raises `ConfigError` with the fix."""
     _check_known_keys(cfg)
@@ -249,6 +267,7 @@ def check_config(cfg: Any) -> None:
     if max_epochs is not None and max_epochs != -1:
         _number(cfg, "trainer.max_epochs", int, 1, example="trainer.max_epochs=3")
     _number(cfg, "optimizer.lr", float, 0, exclusive=True, example="optimizer.lr=5e-5")
+    _check_lr_scale(_get_value(cfg, "optimizer.lr_scale"))
     _number(cfg, "data.batch_size", int, 1, optional=False, example="data.batch_size=32")
     _number(cfg, "data.eval_batch_size", int, 1, example="data.eval_batch_size=64")
     _number(cfg, "data.effective_batch_size", int, 1, example="data.effective_batch_size=128")

@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from pdspace.data.tasks import TaskSpec, add_score, make_metrics, parse_prediction
-from pdspace.peft.patch import trainable_state_dict
+from pdspace.peft.patch import parameter_groups, trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,13 @@ class PEFTModule(L.LightningModule):
                  warmup_ratio: float = 0.0, max_target_length: int | None = None,
                  checkpoint_path: str | Path | None = None,
                  generation: Mapping[str, Any] | None = None, compile: bool = False,
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None, lr_scale: Mapping[str, float] | None = None) -> None:
         super().__init__()
         # backbones are cached in eval mode; training needs dropout back on
         self.model, self.spec, self.tokenizer = model.train(), spec, tokenizer
         self.text_to_text = text_to_text or spec.kind == "seq2seq"
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=5e-5))
+        self.lr_scale = dict(lr_scale or {})
         self.scheduler, self.warmup_ratio = scheduler, warmup_ratio
         self.max_target_length = max_target_length or spec.max_target_length
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -70,6 +71,11 @@ class PEFTModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self._val_loss: list[torch.Tensor] = []
+        # per-example dev predictions of every evaluation (classification ids, -1: no label; regression scores),
+        # in validation order, for tests paired by example (see `predictions`)
+        self.pred_history: list[dict[str, Any]] = []
+        self.pred_gold: torch.Tensor | None = None
+        self._val_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.compile, self.compile_mode = bool(compile), compile_mode
         if self.compile:
             check_compile_mode(compile_mode)
@@ -114,6 +120,7 @@ class PEFTModule(L.LightningModule):
         if not self.text_to_text:
             preds = out.logits.argmax(-1) if self.spec.kind == "classification" else out.logits.squeeze(-1)
             self.metrics.update(preds, batch["labels"])
+            self._keep_predictions(preds, batch["labels"])
             return
         generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         do_sample=False, **self.generation)
@@ -125,10 +132,38 @@ class PEFTModule(L.LightningModule):
         parsed = [parse_prediction(self.spec, t) for t in texts]
         preds = torch.tensor([p for p, _ in parsed], device=gold.device, dtype=gold.dtype)
         self.metrics.update(preds, gold)
+        self._keep_predictions(preds, gold)
         if self.invalid_rate is not None:
             self.invalid_rate.update(torch.tensor([float(not ok) for _, ok in parsed], device=gold.device))
 
+    def _keep_predictions(self, preds: torch.Tensor, gold: torch.Tensor) -> None:
+        if not self.trainer.sanity_checking and self.trainer.world_size == 1:  # DDP ranks see a share of the set
+            self._val_preds.append((preds.detach().cpu(), gold.detach().cpu()))
+
+    def _end_predictions(self) -> None:
+        if self._val_preds:
+            preds, gold = (torch.cat(t) for t in zip(*self._val_preds))
+            self.pred_history.append({"epoch": self.current_epoch, "step": self.global_step, "pred": preds})
+            self.pred_gold = gold
+        self._val_preds.clear()
+
+    def predictions(self) -> dict[str, Any] | None:
+        """The dev predictions as arrays: index and gold (n,), pred (evaluations, n), epoch and step per
+        evaluation, in the order of the metric history; None when none were kept (seq2seq text, DDP)."""
+        if not self.pred_history or self.pred_gold is None:
+            return None
+        import numpy as np
+
+        pred = torch.stack([h["pred"] for h in self.pred_history]).numpy()
+        return {"index": np.arange(pred.shape[1], dtype=np.int64), "gold": self.pred_gold.numpy(),
+                "pred": pred.astype(np.float32 if self.spec.kind == "regression" else np.int64),
+                "epoch": np.array([h["epoch"] for h in self.pred_history], dtype=np.int64),
+                "step": np.array([h["step"] for h in self.pred_history], dtype=np.int64)}
+
     def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._end_predictions()
+        self._val_preds.clear()
         values = add_score(self.spec, {k: v.item() for k, v in self.metrics.compute().items()})
         self.metrics.reset()
         if self.invalid_rate is not None and self.invalid_rate.update_called:
@@ -169,7 +204,8 @@ class PEFTModule(L.LightningModule):
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["pdspace"] = {"history": self.history, "best": self.best, "rng": rng}
+        checkpoint["pdspace"] = {"history": self.history, "best": self.best, "rng": rng,
+                                 "predictions": {"history": self.pred_history, "gold": self.pred_gold}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
@@ -181,6 +217,8 @@ class PEFTModule(L.LightningModule):
                 "design or settings; resume with the run's own settings, or delete its checkpoints/ to start over")
         state = checkpoint.get("pdspace", {})
         self.history, self.best = list(state.get("history", [])), state.get("best")
+        kept = state.get("predictions") or {}
+        self.pred_history, self.pred_gold = list(kept.get("history", [])), kept.get("gold")
         # dropout and the rest continue the stream of the interrupted run
         rng = state.get("rng")
         if rng:
@@ -200,16 +238,26 @@ class PEFTModule(L.LightningModule):
         return {"history": self.history, "best": self.best}
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        groups = learning_rate_groups(self.model, self.lr_scale)
+        if not groups:
             raise ValueError("nothing to train: the design left no trainable parameter; tune at least one group")
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory([{"params": g["params"], "name": g["name"]} for g in groups])
+        for group, spec in zip(optimizer.param_groups, groups):
+            group["lr"] = group["lr"] * spec["lr_scale"]  # before the scheduler reads each group's initial lr
         if self.scheduler == "constant" and not self.warmup_ratio:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = transformers.get_scheduler(self.scheduler, optimizer, num_warmup_steps=int(self.warmup_ratio * total),
                                               num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def learning_rate_groups(model: nn.Module, lr_scale: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """One optimizer parameter group per strategy letter (and "head", "backbone"), each with its learning-rate
+    scale (`lr_scale[name]`, default 1): the group trains at base lr x scale."""
+    scales = dict(lr_scale or {})
+    return [{"name": name, "params": [p for _, p in params], "lr_scale": float(scales.get(name, 1.0)),
+             "numel": sum(p.numel() for _, p in params)} for name, params in parameter_groups(model).items()]
 
 
 # ---- torch.compile ----------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ A run writes one `result.json` into its dir. Fields (schema version 2):
 - what came out: `params` (backbone / trainable / head counts, `fraction`, per-layer sizes),
   `metrics.per_epoch` (one entry per evaluation: the curve), `metrics.best`, `objective`
   (`{name, value}`: the best value of the task's objective);
-- where and when: `output_dir`, `host` (hostname, pid), `started`, `ended`, `timings`, `versions`.
+- where and when: `output_dir`, `host` (hostname, pid), `started`, `ended`, `timings`, `versions`;
+- `optimizer`: the base learning rate and every parameter group's effective one (`groups`: name -> lr,
+  lr_scale, params); `predictions`: the name of the per-example predictions file beside it
+  (`PREDICTIONS_FILE`: arrays `index`, `gold` (n,), `pred` (evaluations, n), `epoch`, `step`).
 
 Readers never parse the file themselves: `read` validates it and turns a `running` file whose
 process is gone (same host) into `interrupted`.
@@ -31,6 +34,8 @@ SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 # the trainable tensors of a run's best epoch ({"state_dict", "epoch", "metrics"}), beside its result.json
 CHECKPOINT_FILE = "best_trainable.pt"
+# a run's dev predictions of every evaluation (classification and regression tasks), beside its result.json
+PREDICTIONS_FILE = "predictions.npz"
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted", "dry_run")
 # statuses that count as a failed job of a sweep (pruned and dry-run jobs are no failures)
 FAILED_STATUSES = ("failed", "interrupted")
@@ -65,6 +70,17 @@ def write(path: str | Path, result: Mapping[str, Any]) -> None:
     if data.get("status") not in STATUSES:
         raise ResultError(f"status {data.get('status')!r} is not one of {STATUSES}")
     write_json(path, data)
+
+
+def write_arrays(path: str | Path, arrays: Mapping[str, Any]) -> None:
+    """Write numpy arrays as one compressed .npz, atomically."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
 
 
 def _alive(pid: int) -> bool:

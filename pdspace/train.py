@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +38,7 @@ from pdspace import results, tracking
 from pdspace.config import CONF_DIR, check_config, differing_keys, fingerprint, one_line_errors, plain
 from pdspace.design.space import Design, DesignSpace
 from pdspace.errors import PDSpaceError
-from pdspace.results import CHECKPOINT_FILE, RESULT_FILE
+from pdspace.results import CHECKPOINT_FILE, PREDICTIONS_FILE, RESULT_FILE
 
 log = logging.getLogger("pdspace")
 FIT_STATE_FILE = "fit_state.json"
@@ -369,8 +369,11 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     clock.lap("data_s")
 
     ckpt = out / CHECKPOINT_FILE if cfg.save_checkpoint else None
-    module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=bb.text_to_text,
-                        optimizer=hydra.utils.instantiate(cfg.optimizer), scheduler=cfg.scheduler.name,
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    lr_scale = optimizer.pop("lr_scale", None) or {}
+    result["optimizer"] = learning_rates(bb.model, float(optimizer.get("lr", 0.0)), lr_scale)
+    module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=bb.text_to_text, lr_scale=lr_scale,
+                        optimizer=hydra.utils.instantiate(optimizer), scheduler=cfg.scheduler.name,
                         warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=task.get("max_target_length"),
                         checkpoint_path=ckpt, generation=plain(task.get("generation")),
                         compile=bool(cfg.train.compile), compile_mode=cfg.train.compile_mode)
@@ -422,6 +425,10 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         result["compile"] = module.compile_stats()
     best = module.best[module.objective]
     result["objective"] = {"name": module.objective, "value": best}
+    predictions = module.predictions()
+    if predictions is not None and _global_rank() == 0:
+        results.write_arrays(out / PREDICTIONS_FILE, predictions)
+        result["predictions"] = PREDICTIONS_FILE
     if ckpt is not None and ckpt.exists():
         result["checkpoint"] = str(ckpt)
     if trial is not None:
@@ -431,6 +438,14 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     result["status"] = "completed"
     log.info("best %s = %.4f (epoch %d)", module.objective, best, module.best["epoch"])
     return best
+
+
+def learning_rates(model: Any, lr: float, lr_scale: Mapping[str, float]) -> dict[str, Any]:
+    """The effective learning rate of every optimizer group (what result.json records)."""
+    from pdspace.module import learning_rate_groups
+
+    return {"lr": lr, "groups": {g["name"]: {"lr": lr * g["lr_scale"], "lr_scale": g["lr_scale"], "params": g["numel"]}
+                                 for g in learning_rate_groups(model, lr_scale)}}
 
 
 def _trial_design(cfg: DictConfig, model: Any, num_layers: int, trial: Any, out: Path,

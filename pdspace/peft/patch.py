@@ -218,11 +218,14 @@ def apply_design(
         report.notes.append(f"task head ({head:,} params) left frozen")
     in_order = sorted(strategies().values(), key=lambda s: s.order)
     used = set()
+    letter_of: dict[int, str] = {}
     for layer, row in zip(layers, sol.sizes):
         params: list[nn.Parameter] = []
         for s in in_order:
             if s.letter in row:
-                params += s.attach(layer, row[s.letter], parsed[s.letter])
+                attached = s.attach(layer, row[s.letter], parsed[s.letter])
+                letter_of.update((id(p), s.letter) for p in attached)
+                params += attached
                 used.add(s.letter)
         for p in params:
             p.requires_grad_(True)
@@ -236,7 +239,22 @@ def apply_design(
         if s.letter in used and s.finish is not None:
             s.finish(model)
     model.pdspace_report = report
+    # which strategy trains each parameter (by name, so it survives deepcopy and pickling): per-strategy learning rates
+    model.pdspace_param_letters = {n: letter_of[id(p)] for n, p in model.named_parameters() if id(p) in letter_of}
     return report
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The trainable parameters by who trains them: a strategy letter, "head" (the task head) or "backbone"
+    (full fine-tuning)."""
+    letters = getattr(model, "pdspace_param_letters", {})
+    head = {id(p) for m in head_modules(model) for p in m.parameters()}
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = letters.get(name) or ("head" if id(p) in head else "backbone")
+            groups.setdefault(key, []).append((name, p))
+    return groups
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
