@@ -116,6 +116,8 @@ class SpaceConf:
     pruner: str = "none"
     # trials of a tpe/gp study per task (null: num_samples)
     trials: Optional[int] = None
+    # studies (tpe, gp, or random with a pruner) also search optimizer.lr and optimizer.lr_scale per letter
+    search_lr: bool = False
     # what a study optimises: [score], or [score, trainable_params | step_time] for a Pareto front
     objectives: list[str] = field(default_factory=lambda: ["score"])
     # the study's SQLAlchemy URL (null: sqlite:///<sweep dir>/study.db)

@@ -458,7 +458,11 @@ def _trial_design(cfg: DictConfig, model: Any, num_layers: int, trial: Any, out:
     else:
         space = space_of(cfg.space, num_layers, int(cfg.num_groups))
         design = trial.ask(space, design_check(model, cfg.budget_fraction, cfg.get("peft")))
-    result["trial"] = trial.info()
+    chosen = trial.ask_learning_rates(float(cfg.optimizer.lr),
+                                      [ch for i, st in enumerate(design.strategies) if design.tunable[i] for ch in st])
+    for key, value in chosen.items():
+        OmegaConf.update(cfg, f"optimizer.{key}", value, force_add=True)
+    result["trial"] = {**trial.info(), **({"learning_rates": chosen} if chosen else {})}
     # recorded while running: a killed job's relaunch finds its trial, fails it and trains its parameters again
     results.write(out / RESULT_FILE, {**result, "status": "running"})
     return design

@@ -86,3 +86,22 @@ def test_a_run_records_each_groups_learning_rate_and_its_predictions(launch):
     # the recorded accuracy of every evaluation is the one its stored predictions give
     for row, epoch in zip(z["pred"], r["metrics"]["per_epoch"]):
         assert (row == z["gold"]).mean() == pytest.approx(epoch["accuracy"])
+
+
+def test_a_study_with_search_lr_trains_each_trial_at_its_suggested_learning_rates(launch, tmp_path):
+    import optuna
+
+    found = launch("space=S0", "space.search=tpe", "space.trials=2", "space.search_lr=true", "space.tasks=[synthetic_cls]",
+                   "backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=1", "task.max_train_samples=32",
+                   "task.max_eval_samples=16", "data.batch_size=16", "optimizer.lr=1e-3", multirun=True)
+    study = optuna.load_study(study_name="S0.synthetic_cls", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+    params = {t.number: t.params for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(found) == 2 and all(r["status"] == "completed" for r in found)
+    for r in found:
+        p = params[r["trial"]["number"]]
+        assert 1e-4 <= p["lr"] <= 1e-2 and r["optimizer"]["lr"] == pytest.approx(p["lr"])
+        letters = {k.removeprefix("lr_scale_") for k in p if k.startswith("lr_scale_")}
+        used = {ch for s, t in zip(r["design"]["strategies"], r["design"]["tunable"]) if t for ch in s.replace("+", "")}
+        assert letters == used
+        for letter in letters:
+            assert r["optimizer"]["groups"][letter]["lr"] == pytest.approx(p["lr"] * p[f"lr_scale_{letter}"])

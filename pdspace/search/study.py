@@ -15,7 +15,8 @@ Search parameters (`design_params`), chosen so that a model-based sampler can le
 - tunable groups: one flag per group, mapped to the nearest allowed mask;
 - strategies: for each tuned group, one flag per strategy letter (sets sharing letters are
   neighbours), conditional on the group being tuned, mapped to the nearest allowed set.
-A dimension the space fixes to one value is no parameter at all.
+A dimension the space fixes to one value is no parameter at all. With `space.search_lr=true` the base
+learning rate and the scale of each strategy letter the design uses are parameters too (log-uniform).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class StudySpec:
     seed: int
     startup_trials: int
     max_resource: int
+    # the base learning rate and each strategy's scale are search parameters too
+    search_lr: bool = False
 
     @property
     def directions(self) -> list[str]:
@@ -161,7 +164,7 @@ def study_spec(block: Mapping[str, Any], sweep_dir: str | Path, task: str, max_e
     startup = int(startup) if startup is not None else max(4, min(10, trials // 4))
     resource = block.get("max_resource") or max(1, round((max_epochs or 1) * evals_per_epoch))
     return StudySpec(search, pruner, objectives, trials, str(storage), f"{block.get('name', 'space')}.{task}",
-                     int(block.get("seed") or 0), startup, int(resource))
+                     int(block.get("seed") or 0), startup, int(resource), bool(block.get("search_lr")))
 
 
 def make_sampler(spec: StudySpec, seed: int) -> Any:
@@ -283,6 +286,16 @@ class TrialJob:
             self.rejected.append(str(design))
         raise ConfigError(f"200 designs in a row that the budget cannot build ({why}); raise budget_fraction or "
                           "narrow the space")
+
+    def ask_learning_rates(self, lr: float, letters: Sequence[str]) -> dict[str, float]:
+        """With `search_lr`: the trial's base learning rate (log-uniform within 10x of `lr`) and the scale of
+        each strategy letter the design uses (log-uniform in [0.1, 100]), as `optimizer.*` keys; else {}."""
+        if not self.spec.search_lr or self.trial is None:
+            return {}
+        chosen = {"lr": self.trial.suggest_float("lr", lr / 10, lr * 10, log=True)}
+        for letter in sorted(set(letters)):
+            chosen[f"lr_scale.{letter}"] = self.trial.suggest_float(f"lr_scale_{letter}", 0.1, 100.0, log=True)
+        return chosen
 
     def info(self) -> dict[str, Any]:
         """What result.json records of the trial."""
