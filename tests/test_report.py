@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats as sps
+from sklearn import metrics as skm
 
-from pdspace import report, train
+from pdspace import report, stats, train
+from pdspace import results as results_io
 from pdspace.archs import build_config
 
 S4 = "A+L|A+P|A+P+B|P+B+L"
@@ -162,14 +169,32 @@ EXPECTED_MD = """\
 
 {note}
 Excluded: 2 failed of 12 runs (not completed).
-""".format(note=report.NOTE, D=D)
+
+| column | method | backbone | design | n | Δ vs best | 95 % CI | p (t) | p (bootstrap) |
+| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |
+| sst2 | full_finetune | t5-base | full |  | best |  |  |  |
+| sst2 | adapter | t5-base | {D} | 1 | -5.00 | n < 2 | n < 2 | n < 2 |
+| sst2 | {D} | t5-base |  | 1 | -45.00 | n < 2 | n < 2 | n < 2 |
+| sst2 | s4_model | t5-base | {D} | 1 | -2.00 | n < 2 | n < 2 | n < 2 |
+| rte | s4_model | t5-base | {D} |  | best |  |  |  |
+| rte | adapter | t5-base | {D} | 1 | -5.00 | n < 2 | n < 2 | n < 2 |
+| rte | {D} | t5-base |  | 1 | -15.00 | n < 2 | n < 2 | n < 2 |
+| average | s4_model | t5-base | {D} |  | best |  |  |  |
+| average | adapter | t5-base | {D} | 1 | -4.00 | n < 2 | n < 2 |  |
+| average | {D} | t5-base |  | 1 | -29.00 | n < 2 | n < 2 |  |
+
+{tests}
+""".format(note=report.NOTE, D=D, tests=report.TESTS_NOTE.format(n_boot=2000))
 
 EXPECTED_CSV = f"""\
-method,backbone,design,trainable_pct,sst2,sst2_std,sst2_n,rte,rte_std,rte_n,average
-adapter,t5-base,{D},0.5000,92.0000,2.0000,3,71.0000,1.4142,2,81.5000
-full_finetune,t5-base,full,100.0000,95.0000,,1,,,0,
-{D},t5-base,{D},0.5000,50.0000,,1,60.0000,,1,55.0000
-s4_model,t5-base,{D},0.4900,93.0000,,1,75.0000,,1,84.0000
+method,backbone,design,trainable_pct,\
+sst2,sst2_std,sst2_n,sst2_n_paired,sst2_diff,sst2_ci_low,sst2_ci_high,sst2_p_t,sst2_p_boot,\
+rte,rte_std,rte_n,rte_n_paired,rte_diff,rte_ci_low,rte_ci_high,rte_p_t,rte_p_boot,\
+average,average_n_paired,average_diff,average_ci_low,average_ci_high,average_p_t,average_p_boot
+adapter,t5-base,{D},0.5000,92.0000,2.0000,3,1,-5.0000,,,,,71.0000,1.4142,2,1,-5.0000,,,,,81.5000,1,-4.0000,,,,
+full_finetune,t5-base,full,100.0000,95.0000,,1,,,,,,,,,0,,,,,,,,,,,,,
+{D},t5-base,{D},0.5000,50.0000,,1,1,-45.0000,,,,,60.0000,,1,1,-15.0000,,,,,55.0000,1,-29.0000,,,,
+s4_model,t5-base,{D},0.4900,93.0000,,1,1,-2.0000,,,,,75.0000,,1,,,,,,,84.0000,,,,,,
 """
 
 
@@ -200,7 +225,8 @@ def test_one_preset_swept_over_designs_gives_one_row_per_design(tmp_path, capsys
     report.main([str(tmp_path)])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| quick_sst2 ")]
     assert len(rows) == 4 and all("(n=3)" in r for r in rows)
-    assert "| 51.0 ± 1.0 (n=3) |" in rows[0] and "| 81.0 ± 1.0 (n=3) |" in rows[3]
+    # the same seed-to-seed pattern 30 points below the best design: significant (**), the best unmarked
+    assert "| 51.0 ± 1.0 (n=3) ** |" in rows[0] and "| 81.0 ± 1.0 (n=3) |" in rows[3]
 
 
 def test_report_to_wandb_never_fails_the_report(runs, monkeypatch, capsys):
@@ -211,7 +237,7 @@ def test_report_to_wandb_never_fails_the_report(runs, monkeypatch, capsys):
     monkeypatch.setattr(wandb, "init", lambda **kw: (_ for _ in ()).throw(RuntimeError("no network")))
     assert report.main([str(runs), "--wandb"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.count("| adapter |") == 2
+    assert sum(line.startswith("| adapter |") for line in captured.out.splitlines()) == 2  # one row per report
     assert "warning: W&B logging of the report failed (RuntimeError: no network)" in captured.err
 
 
@@ -232,3 +258,191 @@ def test_run_writes_method_for_report(launch):
     (r,) = launch("backbone=tiny-bert", "dry_run=true", "grouping.choice=[1,2,2,1]")
     assert r["method"] is None and report.method_of(r) == r["design_id"]
     assert math.isclose(r["params"]["fraction"], 0.005, rel_tol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# significance: rows against each column's best, with predictions.npz beside result.json
+
+N_EXAMPLES = 400
+SIG_TASKS = {"sst2": "accuracy", "cola": "matthews"}
+
+
+def _score(objective: str, pred: np.ndarray, gold: np.ndarray) -> float:
+    # sklearn as the oracle: an answer that is no label (-1) is a label of its own
+    return float(skm.accuracy_score(gold, pred) if objective == "accuracy" else skm.matthews_corrcoef(gold, pred))
+
+
+def _flip(gold: np.ndarray, n_wrong: int, rng: np.random.Generator) -> np.ndarray:
+    pred = gold.copy()
+    wrong = rng.choice(len(gold), n_wrong, replace=False)
+    pred[wrong] = 1 - pred[wrong]
+    return pred
+
+
+def _run_with_predictions(path: Path, method: str, task: str, seed: int, gold: np.ndarray, pred: np.ndarray,
+                          order: np.ndarray | None = None) -> float:
+    """A completed run of two evaluations (the second the best) and its predictions.npz; returns the objective."""
+    objective = SIG_TASKS[task]
+    first = np.zeros_like(pred)  # a worse first evaluation: picking its row would not reproduce the objective
+    per_epoch = [{"epoch": e, "step": 10 * (e + 1), objective: _score(objective, p, gold)}
+                 for e, p in enumerate((first, pred))]
+    index = np.arange(len(gold)) if order is None else order  # the writer's example order need not be sorted
+    path.mkdir(parents=True)
+    np.savez(path / "predictions.npz", index=index.astype(np.int64), gold=gold[index].astype(np.int64),
+             pred=np.stack([first, pred])[:, index].astype(np.int64), epoch=np.array([0, 1]),
+             step=np.array([10, 20]))
+    results_io.write(path / "result.json", {
+        "status": "completed", "task": task, "seed": seed, "backbone": "t5-base", "method": method,
+        "design_id": f"d-{method}", "labels": {}, "params": {"fraction": 0.005},
+        "objective": {"name": objective, "value": per_epoch[1][objective]},
+        "metrics": {"per_epoch": per_epoch, "best": per_epoch[1]}, "predictions": "predictions.npz"})
+    return per_epoch[1][objective]
+
+
+@pytest.fixture
+def sig_runs(tmp_path) -> SimpleNamespace:
+    """3 rows x 3 seeds x (sst2, cola): s4_model best, lora within noise of it, adapter far worse."""
+    rng = np.random.default_rng(0)
+    root, values, preds, golds = tmp_path / "sig", {}, {}, {}
+    for task in SIG_TASKS:
+        gold = golds[task] = rng.integers(0, 2, N_EXAMPLES)
+        for seed in range(3):
+            best = _flip(gold, 40 + 4 * seed, rng)
+            tied = best.copy()
+            # lora differs from s4_model by a few examples, in both directions: no significant difference
+            changed = rng.choice(N_EXAMPLES, (2, 3, 1)[seed], replace=False)
+            tied[changed] = gold[changed] if seed == 0 else 1 - gold[changed]
+            worse = _flip(gold, 120 + 8 * seed, rng)
+            worse[rng.choice(N_EXAMPLES, 10, replace=False)] = -1
+            for method, pred in (("s4_model", best), ("lora", tied), ("adapter", worse)):
+                # lora's runs are read in another seed order and list their examples shuffled: pairing is by
+                # seed, alignment by example index, never by position
+                order, job = (rng.permutation(N_EXAMPLES), str(2 - seed)) if method == "lora" else (None, str(seed))
+                values[method, task, seed] = 100 * _run_with_predictions(root / method / task / job, method, task,
+                                                                         seed, gold, pred, order)
+                preds[method, task, seed] = pred
+    return SimpleNamespace(root=root, values=values, preds=preds, golds=golds)
+
+
+def _table(out: str, first: str) -> dict[str, list[str]]:
+    """The cells of the markdown table whose header starts with `first`, by row label (column label for the
+    significance table: 'task/method')."""
+    lines = out.split("\n\n")
+    block = next(b for b in lines if b.startswith(f"| {first} |"))
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in block.splitlines()[2:]]
+    return {(r[0] if first == "method" else f"{r[0]}/{r[1]}"): r for r in rows}
+
+
+def test_report_marks_a_clearly_worse_row_and_not_a_tied_one(sig_runs, tmp_path, capsys):
+    assert report.main([str(sig_runs.root), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    main = _table(out, "method")
+    assert list(main) == ["adapter", "lora", "s4_model"]
+    # sst2, cola and the average of the clearly worse row carry **; nothing else is marked
+    assert [c.endswith(" **") for c in main["adapter"][4:]] == [True, True, True]
+    assert "*" not in " ".join(main["lora"] + main["s4_model"])
+    sig = _table(out, "column")
+    assert sig["sst2/s4_model"][5] == sig["cola/s4_model"][5] == sig["average/s4_model"][5] == "best"
+    assert sig["sst2/adapter"][4] == "3" and sig["sst2/adapter"][5].endswith(" **")
+    assert sig["sst2/adapter"][8] == sig["cola/adapter"][8] == "< 0.001"
+    assert float(sig["sst2/lora"][7]) > 0.05 and float(sig["sst2/lora"][8]) > 0.05
+    assert report.TESTS_NOTE.format(n_boot=2000) in out
+    assert "Seed test only" not in out and "Unusable" not in out
+    assert (tmp_path / "out" / "report.md").read_text() == out
+
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "report.csv").read_text()))}
+    v = sig_runs.values
+    for method in ("adapter", "lora"):
+        for task in SIG_TASKS:
+            a, b = [v[method, task, s] for s in range(3)], [v["s4_model", task, s] for s in range(3)]
+            ref, d = sps.ttest_rel(a, b), np.subtract(a, b)
+            half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+            got = {k: float(rows[method][f"{task}_{k}"]) for k in ("diff", "ci_low", "ci_high", "p_t", "p_boot")}
+            assert rows[method][f"{task}_n_paired"] == "3"
+            assert got["diff"] == pytest.approx(d.mean(), abs=1e-4)
+            assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-4)
+            assert got["p_t"] == pytest.approx(ref.pvalue, rel=1e-3)
+            # the bootstrap over the same predictions, seeds paired, examples aligned by index
+            boot = stats.paired_bootstrap([sig_runs.preds[method, task, s] for s in range(3)],
+                                          [sig_runs.preds["s4_model", task, s] for s in range(3)],
+                                          sig_runs.golds[task], stats.score_fn(task), n_boot=2000, seed=0)
+            assert got["p_boot"] == pytest.approx(boot.p, rel=1e-3)
+            assert (got["p_t"] < 0.01 and got["p_boot"] < 0.01) if method == "adapter" else \
+                (got["p_t"] > 0.05 and got["p_boot"] > 0.05)
+        avg = [[statistics.fmean(v[m, t, s] for t in SIG_TASKS) for s in range(3)] for m in (method, "s4_model")]
+        assert float(rows[method]["average_p_t"]) == pytest.approx(sps.ttest_rel(*avg).pvalue, rel=1e-3)
+        assert rows[method]["average_p_boot"] == ""
+    assert all(rows["s4_model"][f"{t}_{k}"] == "" for t in (*SIG_TASKS, "average") for k in report.SIG_COLUMNS)
+
+
+def test_report_falls_back_to_the_seed_test_without_usable_predictions(sig_runs, capsys):
+    root = sig_runs.root
+    (root / "adapter" / "sst2" / "0" / "predictions.npz").write_bytes(b"PK\x03\x04 garbled")
+    (root / "lora" / "cola" / "1" / "predictions.npz").unlink()  # seed 1
+    # a file that does not reproduce its run's objective is not used either
+    path = root / "s4_model" / "cola" / "2" / "result.json"
+    r = results_io.read(path)
+    r["objective"]["value"] += 0.001
+    results_io.write(path, r)
+    assert report.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    sig = _table(out, "column")
+    assert [sig[k][8] for k in ("sst2/adapter", "cola/adapter", "cola/lora")] == ["–", "–", "–"]
+    assert float(sig["sst2/lora"][8]) > 0.05  # both rows' sst2 predictions are intact
+    assert "Seed test only (– under p (bootstrap)) for 3 comparisons" in out
+    assert "Unusable predictions.npz: 3 runs" in out
+    # the marks now rest on the t-test alone
+    assert [c.endswith(" **") for c in _table(out, "method")["adapter"][4:]] == [True, True, True]
+
+
+def test_build_finds_predictions_by_the_paths_given(sig_runs):
+    paths = sorted(sig_runs.root.rglob("result.json"))
+    results = [json.loads(p.read_text()) for p in paths]  # no _path: build needs the paths to find predictions
+    with_paths = report.build(results, paths=paths)
+    without = report.build(results)
+    assert with_paths.seed_test_only == 0 and without.seed_test_only == 4
+    assert all(c.p_boot is not None for (i, col), c in with_paths.comparisons.items() if col != report.AVERAGE)
+    assert report.significance_table(with_paths) in report.to_markdown(with_paths)
+    with pytest.raises(ValueError):
+        report.build(results, paths=paths[:1])
+
+
+def test_best_row_is_the_highest_mean_and_a_tie_goes_to_the_first_row(tmp_path, capsys):
+    for seed, (a, b, c) in enumerate(((0.80, 0.82, 0.70), (0.82, 0.84, 0.71), (0.84, 0.80, 0.72))):
+        for method, value in (("a", a), ("b", b), ("c", c)):
+            _result(tmp_path / method / str(seed), method, "sst2", seed, value, 0.005, design_id=method)
+    built = report.build(results_io.read_all(results_io.find([tmp_path]))[0])
+    assert [r.method for r in built.rows] == ["a", "b", "c"] and built.best == {"sst2": 0, "average": 0}
+    tie = built.comparisons[(1, "sst2")]
+    assert tie.n == 3 and tie.diff == pytest.approx(0.0, abs=1e-12) and tie.mark == "" and tie.p_t == pytest.approx(1)
+    assert built.comparisons[(2, "sst2")].mark == "**"
+    # one more run of b's best seed lifts b above a: now b is the best row
+    _result(tmp_path / "b" / "3", "b", "sst2", 3, 0.90, 0.005, design_id="b")
+    assert report.build(results_io.read_all(results_io.find([tmp_path]))[0]).best["sst2"] == 1
+    # a single row has nothing to compare with
+    assert report.significance_table(report.build([results_io.read(tmp_path / "a" / "0" / "result.json")])) == ""
+
+
+def test_report_unknown_method_key_exits_2_naming_it(runs, capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main([str(runs), "--method-key", "nosuch.key"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch.key" in err[0] and "--method-key design_id" in err[0]
+    # a key that some results have: the others are labelled '?'
+    r = results_io.read(runs / "plain" / "rte" / "result.json")
+    r["labels"] = {"variant": "x"}
+    results_io.write(runs / "plain" / "rte" / "result.json", r)
+    assert report.main([str(runs), "--method-key", "labels.variant"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # rows: '?' on full, '?' on the shared design (adapter, s4 and the rest of plain), and x
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| ?", "| ?", "| x"] and lines[5] == ""
+
+
+def test_a_mark_needs_a_worse_row_and_every_test_to_agree():
+    assert report.Comparison(3, -1.0, p_t=0.003, p_boot=0.0004).mark == "**"
+    assert report.Comparison(3, -1.0, p_t=0.003, p_boot=0.02).mark == "*"
+    assert report.Comparison(3, -1.0, p_t=0.001, p_boot=0.2).mark == ""
+    assert report.Comparison(3, -1.0, p_t=0.04).mark == "*"
+    assert report.Comparison(3, 1.0, p_t=0.001, p_boot=0.001).mark == ""  # better than the best on shared seeds
+    assert report.Comparison(1, -5.0).mark == ""
