@@ -8,7 +8,7 @@ average is the mean over tasks of the cell means, given only when the row has ev
 table. Runs that did not complete, and unreadable result files, are counted in a footnote.
 
 Significance (`pdspace.stats`): per column, every row is compared with the column's best row (the
-highest mean; a tie goes to the row listed first, i.e. the earlier in the sorted row order) by a
+highest mean; ties: more runs, then the row's label, by pdspace.search.ordering's one rule) by a
 paired t-test over the seeds both rows share (runs paired by their `seed`) and, where both rows have
 `predictions.npz` for those seeds on the same examples, a paired bootstrap over examples and seeds.
 A cell carries the paper's * (p < 0.05) or ** (p < 0.01) when the row is worse than the best and
@@ -37,6 +37,7 @@ from pdspace import results as results_io
 from pdspace import stats
 from pdspace.data.tasks import DataError, get_task, task_spec
 from pdspace.results import RESULT_FILE
+from pdspace.search.ordering import rank_key
 from pdspace.tracking import wandb_mode
 
 MISSING = "–"
@@ -49,7 +50,7 @@ AVERAGE = "average"
 N_BOOT = 2000
 TESTS_NOTE = ("Tests: paired t-test over seeds (n = seeds both rows share), 95 % CI of the mean difference; paired "
               "bootstrap over examples and seeds (Berg-Kirkpatrick et al., 2012), {n_boot} replicates; * p < 0.05, "
-              "** p < 0.01 against the best row (highest mean; a tie goes to the row listed first), marked only "
+              "** p < 0.01 against the best row (highest mean; ties: more runs, then the row's name), marked only "
               "where the row is worse and every test run agrees (the larger p). Δ = row − best (× 100) over the "
               "shared seeds; the average compares per-seed task averages (seeds both rows have in every task), "
               "by the t-test only; n < 2: no test.")
@@ -278,14 +279,19 @@ def _pair(row: Row, best: Row, task: str, preds: _Predictions, n_boot: int) -> C
 
 
 def _compare(report: Report) -> None:
-    """Fill `report.best` and `report.comparisons` (one rule for "best": highest mean, first row on a tie)."""
+    """Fill `report.best` and `report.comparisons` ("best": pdspace.search.ordering's rule, ties included)."""
     preds = _Predictions()
     for col in (*report.tasks, AVERAGE):
         means = [row.average(report.tasks) if col == AVERAGE else row.mean(col) for row in report.rows]
         present = [i for i, m in enumerate(means) if m is not None]
         if not present:
             continue
-        b = max(present, key=lambda i: means[i])  # max keeps the first of equal means: the earlier row
+        def key(i: int) -> tuple:
+            row = report.rows[i]
+            runs = sum(len(v) for v in row.values.values()) if col == AVERAGE else len(row.values[col])
+            return rank_key(1, means[i], runs, f"{row.method} {row.backbone} {row.design}")
+
+        b = min(present, key=key)
         report.best[col] = b
         best = report.rows[b]
         for i in present:

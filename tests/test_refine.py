@@ -70,17 +70,24 @@ def test_winner_is_the_mean_over_tasks(sweep):
     assert "averaged over tasks" in a.rule
 
 
-def test_ties_go_to_median_then_count_then_name(tmp_path):
+def test_options_are_ordered_by_the_one_rule_coverage_mean_count_then_name(tmp_path):
+    # pdspace.search.ordering: more tasks first, then the mean, then more runs, then the name (no median)
+    s = Sweep(tmp_path / "coverage").add(0.9, alloc="uniform").add(0.5, alloc="decreasing")
+    s.add(0.4, alloc="decreasing", task="rte")
+    assert analyse(load_results(s.path)[0], "allocation").winner == "decreasing"
     s = Sweep(tmp_path / "median")
     for v in (0.25, 0.625, 0.625):
         s.add(v, alloc="uniform")
     for v in (0.375, 0.5, 0.625):
         s.add(v, alloc="decreasing")
-    assert analyse(load_results(s.path)[0], "allocation").winner == "uniform"
+    a = analyse(load_results(s.path)[0], "allocation")
+    assert a.winner == "decreasing" and a.option("uniform").median > a.option("decreasing").median
     s = Sweep(tmp_path / "count").add(0.5, alloc="decreasing").add(0.5, alloc="uniform").add(0.5, alloc="uniform")
     assert analyse(load_results(s.path)[0], "allocation").winner == "uniform"
     s = Sweep(tmp_path / "name").add(0.5, alloc="uniform").add(0.5, alloc="decreasing")
-    assert analyse(load_results(s.path)[0], "allocation").winner == "decreasing"
+    a = analyse(load_results(s.path)[0], "allocation")
+    assert a.winner == "decreasing" and [o.option for o in a.options] == ["decreasing", "uniform"]
+    assert "more results, then to the alphabetically first" in a.rule
 
 
 def test_failed_and_nan_results_are_counted_not_used(sweep):

@@ -27,10 +27,11 @@ def _results(root: Path) -> dict[Path, str]:
 @pytest.mark.slow  # CI keeps test_killing_the_search_stops_its_stage_and_leaves_no_orphan and the sweep resume tests
 def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     root = tmp_path / "search"
+    # --confirm-k 0: this test is about the stages (tests/test_confirm.py tests the confirmation)
     cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--tasks", "synthetic_cls", "--samples", "3",
-           "--name", "tiny", "backbone=tiny-bert", "trainer.max_epochs=1", "task.max_train_samples=32",
-           "task.max_eval_samples=16", "data.batch_size=16", "optimizer.lr=1e-2", "logger=none", "callbacks=none",
-           f"data.cache_dir={tmp_path}/cache"]
+           "--name", "tiny", "--confirm-k", "0", "backbone=tiny-bert", "trainer.max_epochs=1",
+           "task.max_train_samples=32", "task.max_eval_samples=16", "data.batch_size=16", "optimizer.lr=1e-2",
+           "logger=none", "callbacks=none", f"data.cache_dir={tmp_path}/cache"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -104,12 +105,19 @@ def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     (["--space", "nosuch"], "unknown space 'nosuch'; known: S0, S0_ia3, S1, S2, S3, S4"),
     (["--config-dir", "/nonexistent"], "--config-dir /nonexistent is not a directory"),
     (["budget_fraction=abc"], "budget_fraction=abc"),
+    # --trials 0 used to fall back to --samples, and --trials -1 reached the sweep as space.num_samples=-1
+    (["--strategy", "random", "--trials", "0", "--samples", "2"],
+     "--trials 0 trains nothing; give a positive number, e.g. --trials 20"),
+    (["--strategy", "tpe", "--trials", "-1"], "--trials -1 trains nothing; give a positive number"),
+    (["--confirm-k", "-1"], "--confirm-k -1 is negative; give the number of designs to confirm, e.g. --confirm-k 3"),
+    (["--confirm-seeds", ""], "--confirm-seeds is empty; give training seeds such as --confirm-seeds 0,1,2"),
+    (["--confirm-seeds", "0,x"], "--confirm-seeds '0,x' is not a list of integers"),
 ])
 def test_bad_search_input_stops_before_any_stage(tmp_path, args, message):
     with pytest.raises(SystemExit) as exit_:
         main(["--dir", str(tmp_path / "search"), *args, "backbone=tiny-bert"])
     assert message in str(exit_.value.code) and "\n" not in str(exit_.value.code)
-    assert not list((tmp_path / "search").glob("S*"))  # nothing launched
+    assert not (tmp_path / "search").exists()  # nothing launched, nothing written
 
 
 def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path):

@@ -5,13 +5,24 @@
   space, designs drawn at random (today's plans) or proposed by an Optuna study (`pdspace.search.study`),
   weak ones stopped early by the pruner.
 
-Every sweep runs as a `pdspace-train -m` subprocess (SIGINT/SIGTERM are passed on to it and waited
-for); rerunning the same command resumes it. The search ends with a *concrete* design: the best
-design it trained that lies in the final space (mean objective over its tasks), saved as the
-experiment preset `<dir>/conf/experiment/<name>.yaml` with every setting the search's jobs ran with,
-and printed as the `pdspace-train` command that trains exactly it.
-"""
+Every search ends with a confirmation stage (`pdspace.search.confirm`): the top `--confirm-k` designs
+(default 3) that the sweeps trained inside the final space, ranked by pdspace's one ordering rule
+(`pdspace.search.ordering`: more tasks, higher mean objective, more runs, design id), are trained again,
+with the uniform Adapter, Prefix, LoRA and BitFit baselines (and full fine-tuning with
+`--confirm-full-ft`) at the same budget and settings, over `--confirm-seeds` (default 0,1,2). The found
+design is the candidate with the best mean over those seeds (same rule); `<dir>/confirm_report.md`
+compares it with the baselines and the other candidates. `--confirm-k 0` skips the stage: the found
+design is then the best design of the sweeps themselves. The confirmation's flags may change on a
+rerun: only the confirmation trains again (in its own dir), never the search's sweeps.
 
+Every sweep (the confirmation too) runs as a `pdspace-train -m` subprocess (SIGINT/SIGTERM are passed
+on to it and waited for); rerunning the same command resumes it, and completed jobs are never trained
+again. The found design is saved as the experiment preset `<dir>/conf/experiment/<name>.yaml` with every
+setting the search's jobs ran with, and printed as the `pdspace-train` command that trains exactly it.
+`<dir>/search.json` keeps the state: stages, the confirmation (candidates, baselines, seeds, means),
+the found design, and the compute (`compute.epochs`: evaluations trained over every sweep,
+`compute.confirm_epochs`: those of the confirmation).
+"""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +30,9 @@ import json
 import logging
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,7 @@ from omegaconf import OmegaConf
 from pdspace import results
 from pdspace.config import PDSpaceError, one_line, plain
 from pdspace.design.space import Design, DesignSpace
+from pdspace.search.ordering import Standing, ranked, standings
 
 log = logging.getLogger("pdspace.search")
 STATE_FILE = "search.json"
@@ -48,11 +59,13 @@ def _state(path: Path) -> dict[str, Any]:
 
 @dataclass
 class Setting:
-    """What every job of the search runs with: the backbone's shape and the user's config dir."""
+    """What every job of the search runs with: the backbone's shape, the user's config dir, and the budget
+    check (`check(design)`: why the budget cannot build `design`, None when it can)."""
 
     num_layers: int
     num_groups: int
     config_dir: Path | None
+    check: Callable[[Design], str | None] | None = None
 
     def hydra_args(self) -> list[str]:
         """Arguments that add the user's config dir to a job's search path."""
@@ -89,6 +102,11 @@ def run_sweep(label: str, source: str, conf: Path, sweep: Path, args: argparse.N
            # the sweep's own config composes with the first task, so task-specific keys (task.synthetic_size) exist
            f"space.seed={args.seed}", f"hydra.sweep.dir={sweep}", f"task={args.tasks[0]}", *setting.hydra_args(),
            *overrides]
+    run_multirun(label, cmd, sweep)
+
+
+def run_multirun(label: str, cmd: list[str], sweep: Path) -> None:
+    """Run one `pdspace-train -m` command line; a non-zero exit is a SearchError that says how to resume."""
     log.info("%s: %s", label, " ".join(cmd[2:]))
     code = _popen_forwarding(cmd)
     if code != 0:
@@ -102,6 +120,12 @@ def check_args(args: argparse.Namespace, overrides: list[str], conf: Path) -> Se
 
     if args.samples < 1:
         raise SearchError(f"--samples {args.samples} trains nothing; give a positive number, e.g. --samples 20")
+    if args.trials is not None and args.trials < 1:
+        raise SearchError(f"--trials {args.trials} trains nothing; give a positive number, e.g. --trials 20")
+    if args.confirm_k < 0:
+        raise SearchError(f"--confirm-k {args.confirm_k} is negative; give the number of designs to confirm, "
+                          "e.g. --confirm-k 3, or --confirm-k 0 to skip the confirmation")
+    confirm_seeds(args)
     for task in args.tasks:
         try:
             get_task(task)
@@ -114,8 +138,24 @@ def check_args(args: argparse.Namespace, overrides: list[str], conf: Path) -> Se
     cfg = compose([f"task={args.tasks[0]}", *overrides], config_dir)
     from pdspace.search.plans import budget_check
 
-    num_layers, _ = budget_check(cfg.backbone, cfg.budget_fraction, cfg.get("peft"))
-    return Setting(num_layers, int(cfg.num_groups), config_dir)
+    num_layers, check = budget_check(cfg.backbone, cfg.budget_fraction, cfg.get("peft"))
+    return Setting(num_layers, int(cfg.num_groups), config_dir, check)
+
+
+def confirm_seeds(args: argparse.Namespace) -> list[int]:
+    """The training seeds of the confirmation stage (`--confirm-seeds 0,1,2`); a SearchError if none or bad."""
+    text = str(args.confirm_seeds).strip()
+    try:
+        seeds = [int(x) for x in text.split(",")] if text else []
+    except ValueError:
+        raise SearchError(f"--confirm-seeds {text!r} is not a list of integers; give training seeds such as "
+                          "--confirm-seeds 0,1,2") from None
+    if not seeds:
+        raise SearchError("--confirm-seeds is empty; give training seeds such as --confirm-seeds 0,1,2 (or skip "
+                          "the confirmation with --confirm-k 0)")
+    if len(set(seeds)) != len(seeds):
+        raise SearchError(f"--confirm-seeds {text} repeats a seed; give each seed once, e.g. --confirm-seeds 0,1,2")
+    return seeds
 
 
 def compose(overrides: Sequence[str], config_dir: Path | None = None) -> Any:
@@ -151,32 +191,44 @@ def space_file(conf: Path, name: str, config_dir: Path | None = None) -> Path:
                       "DIR/space/NAME.yaml)")
 
 
-def best_design(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> tuple[Design, dict[str, Any]]:
-    """The best completed design inside `space`: highest mean over tasks of its per-task mean objective.
-
-    Designs with results on more tasks come first (a design seen on one task does not beat one
-    measured on all); ties go to more runs, then to the design id.
-    """
-    per: dict[Design, dict[str, list[float]]] = {}
+def ranked_designs(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> list[tuple[Design, Standing]]:
+    """The completed designs inside `space`, best first by pdspace's rule (`pdspace.search.ordering`): results on
+    more tasks first, then the higher mean over tasks of the per-task mean objective, then more runs, then the
+    design id."""
+    designs: dict[str, Design] = {}
+    points = []
     for r in found:
         value = results.objective(r)
         if value is None or not r.get("design"):
             continue
         design = Design.from_dict(r["design"])
         if space.contains(design):
-            per.setdefault(design, {}).setdefault(str(r.get("task")), []).append(value)
-    if not per:
+            designs[str(design)] = design
+            points.append((str(design), str(r.get("task")), value))
+    return [(designs[s.name], s) for s in ranked(standings(points).values())]
+
+
+def best_design(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> tuple[Design, dict[str, Any]]:
+    """The best completed design inside `space` by pdspace's rule (see `ranked_designs`), and its numbers."""
+    top = ranked_designs(found, space)
+    if not top:
         raise SearchError("no completed run of the search lies in its final space; rerun the search to resume it")
+    design, standing = top[0]
+    return design, design_stats(standing)
 
-    def key(item: tuple[Design, dict[str, list[float]]]) -> tuple:
-        design, tasks = item
-        score = statistics.fmean(statistics.fmean(v) for v in tasks.values())
-        return (-len(tasks), -score, -sum(map(len, tasks.values())), str(design))
 
-    design, tasks = min(per.items(), key=key)
-    return design, {"score": statistics.fmean(statistics.fmean(v) for v in tasks.values()),
-                    "per_task": {t: statistics.fmean(v) for t, v in tasks.items()},
-                    "runs": sum(map(len, tasks.values()))}
+def design_stats(standing: Standing) -> dict[str, Any]:
+    """A standing's numbers as search.json records them."""
+    return {"score": standing.mean, "per_task": standing.per_task, "runs": standing.runs}
+
+
+def evaluations(sweeps: Sequence[Path]) -> int:
+    """Evaluations trained in the sweep dirs: the learning-curve points of every completed or pruned run."""
+    found: list[dict[str, Any]] = []
+    for sweep in sweeps:
+        found += results.read_all(results.sweep_paths(sweep))[0] if sweep.is_dir() else []
+    return sum(len((r.get("metrics") or {}).get("per_epoch") or []) for r in found
+               if r.get("status") in ("completed", "pruned"))
 
 
 def _config_groups(config_dir: Path | None) -> set[str]:
@@ -218,22 +270,30 @@ def preset(design: Design, name: str, task: str, seed: int, overrides: Sequence[
     return {"defaults": defaults, **values}, rest
 
 
-def finish(final: Mapping[str, Any], sweeps: Sequence[Path], conf: Path, args: argparse.Namespace,
-           overrides: list[str], setting: Setting) -> dict[str, Any]:
-    """Pick the found design, write its preset and return the command that trains exactly it."""
-    found = []
-    for sweep in sweeps:
-        found += results.read_all(results.sweep_paths(sweep))[0]
-    space = DesignSpace(setting.num_layers, setting.num_groups, grouping=final.get("grouping", "any"),
-                        allocation=final.get("allocation", "any"), tunable=final.get("tunable", "any"),
-                        strategies=final.get("strategy", "any"))
-    design, stats = best_design(found, space)
+def final_space(final: Mapping[str, Any], setting: Setting) -> DesignSpace:
+    """The search's final space (a `space:` block) on the backbone's layers and groups."""
+    return DesignSpace(setting.num_layers, setting.num_groups, grouping=final.get("grouping", "any"),
+                       allocation=final.get("allocation", "any"), tunable=final.get("tunable", "any"),
+                       strategies=final.get("strategy", "any"))
+
+
+def finish(design: Design, stats: Mapping[str, Any], conf: Path, args: argparse.Namespace, overrides: list[str],
+           setting: Setting, confirmed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the found design's preset and return it with the command that trains exactly it.
+
+    `stats`: the design's numbers in the search's sweeps; `confirmed`: its numbers over the confirmation's
+    seeds (None when the stage is off): those decided, so they are the `score` the search reports."""
     body, rest = preset(design, args.name, args.tasks[0], args.seeds[0], overrides, setting.config_dir)
     path = conf / "experiment" / f"{args.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ["# @package _global_", f"# found by pdspace-search ({args.name}): {design}",
               f"# mean objective {stats['score']:.4f} over {stats['runs']} runs in the search "
               f"({', '.join(f'{t}={v:.4f}' for t, v in stats['per_task'].items())})"]
+    if confirmed:
+        std = f" ± {confirmed['std']:.4f}" if confirmed["std"] is not None else ""
+        header.append(f"# confirmed: mean {confirmed['score']:.4f}{std} over "
+                      f"{confirmed['runs']} runs (seeds {','.join(map(str, confirmed['seeds']))}), the best of "
+                      f"{confirmed['candidates']} candidates; see {confirmed['report']}")
     path.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(body)))
     words = ["pdspace-train"] + (["-m"] if len(args.tasks) > 1 or len(args.seeds) > 1 else [])
     words += ["--config-dir", str(conf), f"experiment={args.name}", *setting.hydra_args(), *rest]
@@ -241,26 +301,34 @@ def finish(final: Mapping[str, Any], sweeps: Sequence[Path], conf: Path, args: a
         words.append(f"task={','.join(args.tasks)}")
     if len(args.seeds) > 1:
         words.append(f"seed={','.join(map(str, args.seeds))}")
-    return {"design_id": str(design), "design": design.to_dict(), **stats, "preset": str(path),
-            "command": shlex.join(words)}
+    decided = confirmed or stats
+    return {"design_id": str(design), "design": design.to_dict(), "score": decided["score"],
+            "per_task": decided["per_task"], "runs": decided["runs"], "confirmed": bool(confirmed),
+            "search": dict(stats), "preset": str(path), "command": shlex.join(words)}
 
 
 def search(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    """Run (or resume) the search; returns its state (for greedy the stages; the found design, preset, command)."""
+    """Run (or resume) the search and its confirmation; returns its state (for greedy the stages; the
+    confirmation; the found design, preset, command; the compute)."""
     root = Path(args.dir).resolve()
     conf = root / "conf"
-    (conf / "space").mkdir(parents=True, exist_ok=True)
     state_path = root / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {"stages": {}}
     setting = check_args(args, overrides, conf)
+    (conf / "space").mkdir(parents=True, exist_ok=True)
     settings = {"strategy": args.strategy, "space": args.space, "tasks": args.tasks, "seeds": args.seeds,
                 "samples": args.samples, "seed": args.seed, "name": args.name, "overrides": overrides,
                 "config_dir": str(setting.config_dir) if setting.config_dir else None}
     if args.strategy != "greedy":
         settings.update(pruner=args.pruner, trials=args.trials)
+    # the confirmation's settings are no search settings: changing them retrains only the confirmation
+    # (in a sweep dir of its own per setting), never the search's sweeps
     old = {"config_dir": None, "strategy": "greedy", **state.get("settings", settings)}
     if old != settings:
-        raise SearchError(f"{state_path} was started with other settings {state['settings']}; rerun with those to "
+        changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
+        then = ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={settings.get(k)!r}" for k in changed)
+        raise SearchError(f"{state_path} was started with other settings ({then}; now {now}); rerun with those to "
                           "resume, or choose a new --dir")
     state["settings"] = settings
     if args.strategy == "greedy":
@@ -269,14 +337,49 @@ def search(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         final, sweeps = search_greedy(args, overrides, setting, root, state, state_path)
     else:
         sweep = root / args.strategy
-        trials = args.trials or args.samples
-        run_sweep(f"{args.strategy} search", args.space, conf, sweep, args, overrides, setting,
-                  [f"space.search={args.strategy}", f"space.pruner={args.pruner}", f"space.trials={trials}",
-                   f"space.num_samples={trials}", "space.controlled=null"])
+        if (state["stages"].get(args.strategy) or {}).get("done") and sweep.is_dir():
+            # finished before (like a greedy stage): a rerun goes straight on to the confirmation
+            log.info("%s search done before: %s", args.strategy, sweep)
+        else:
+            trials = args.trials if args.trials is not None else args.samples
+            run_sweep(f"{args.strategy} search", args.space, conf, sweep, args, overrides, setting,
+                      [f"space.search={args.strategy}", f"space.pruner={args.pruner}", f"space.trials={trials}",
+                       f"space.num_samples={trials}", "space.controlled=null"])
+            # done only without a failed job: a rerun retries those (the sweeper skips the completed ones)
+            statuses = {r.get("status") for r in results.read_all(results.sweep_paths(sweep))[0]}
+            state["stages"][args.strategy] = {"sweep": str(sweep), "done": statuses <= {"completed", "pruned"}}
+            results.write_json(state_path, state)
         final = plain(OmegaConf.load(space_file(conf, args.space, setting.config_dir)).space)
         sweeps = [sweep]
     state["final_space"] = {k: final.get(k) for k in ("grouping", "allocation", "tunable", "strategy")}
-    state["final"] = finish(final, sweeps, conf, args, overrides, setting)
+    found = []
+    for sweep in sweeps:
+        found += results.read_all(results.sweep_paths(sweep))[0]
+    top = ranked_designs(found, final_space(final, setting))
+    if not top:
+        raise SearchError("no completed run of the search lies in its final space; rerun the search to resume it")
+    confirm_dirs: list[Path] = []
+    if args.confirm_k > 0:
+        from pdspace.search.confirm import run_confirmation
+
+        state["confirm"] = run_confirmation(top[:args.confirm_k], root, args, overrides, setting,
+                                            previous=state.get("confirm"))
+        results.write_json(state_path, state)
+        confirm_dirs = [Path(state["confirm"]["sweep"])]
+        c = state["confirm"]
+        chosen = c["candidates"][c["found"]]
+        design, standing = next((d, s) for d, s in top if str(d) == chosen["design_id"])
+        confirmed = {"score": chosen["mean"], "std": chosen["std"], "runs": chosen["runs"],
+                     "per_task": chosen["per_task"], "seeds": c["seeds"], "candidates": len(c["candidates"]),
+                     "report": c["report"], "label": c["found"]}
+        state["final"] = finish(design, design_stats(standing), conf, args, overrides, setting, confirmed=confirmed)
+    else:
+        state.pop("confirm", None)
+        design, standing = top[0]
+        state["final"] = finish(design, design_stats(standing), conf, args, overrides, setting)
+    total, confirm_epochs = evaluations(sweeps), evaluations(confirm_dirs)
+    state["compute"] = {"epochs": total + confirm_epochs, "confirm_epochs": confirm_epochs,
+                        "search_epochs": total}
     results.write_json(state_path, state)
     return state
 
@@ -302,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", default=20, type=int, help="designs per stage (controlled: split over options)")
     p.add_argument("--seed", default=0, type=int, help="sampling seed")
     p.add_argument("--wandb", action="store_true", help="log each refinement report to W&B")
+    p.add_argument("--confirm-k", default=3, type=int, help="retrain the top K designs of the search (and the "
+                                                            "uniform baselines) over --confirm-seeds and pick "
+                                                            "the best mean; 0: no confirmation")
+    p.add_argument("--confirm-seeds", default="0,1,2", help="comma-separated training seeds of the confirmation")
+    p.add_argument("--confirm-full-ft", action="store_true", help="add full fine-tuning to the confirmation's "
+                                                                  "baselines")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -318,7 +427,19 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.exit(f"pdspace-search: error: {line}")
     final = state["final"]
-    print(f"found design: {final['design_id']} (mean objective {final['score']:.4f} over {final['runs']} runs)")
+    if state.get("confirm"):
+        c = state["confirm"]
+        print(Path(c["report"]).read_text())
+        std = c["candidates"][c["found"]]["std"]
+        print(f"found design: {final['design_id']} (confirmed: mean objective {final['score']:.4f}"
+              f"{f' ± {std:.4f}' if std is not None else ''} over {final['runs']} runs, seeds "
+              f"{','.join(map(str, c['seeds']))}; {final['search']['score']:.4f} over {final['search']['runs']} "
+              "runs in the search)")
+    else:
+        print(f"found design: {final['design_id']} (mean objective {final['score']:.4f} over {final['runs']} runs)")
+    compute = state["compute"]
+    print(f"compute: {compute['epochs']} evaluations trained ({compute['search_epochs']} in the search, "
+          f"{compute['confirm_epochs']} in the confirmation)")
     print(f"preset: {final['preset']}")
     print("train it with:\n  " + final["command"])
 

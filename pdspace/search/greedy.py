@@ -2,8 +2,11 @@
 
 Each stage is a sweep (a `pdspace-train -m space=...` subprocess: a crash or kill never
 takes the search down with it) plus a refinement that pins one dimension and writes the
-next space into `<search dir>/conf/space/`. Rerunning the same command skips finished
-stages and, inside a half-finished stage, every completed job.
+next space into `<search dir>/conf/space/`; a stage's winner is the option that `pdspace-refine`
+ranks first by pdspace's one ordering rule (`pdspace.search.ordering`: more tasks, higher mean,
+more runs, then the name), the rule the search's final pick and its confirmation use.
+Rerunning the same command skips finished stages and, inside a half-finished stage, every
+completed job.
 """
 
 from __future__ import annotations

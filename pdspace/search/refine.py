@@ -39,6 +39,7 @@ from pdspace.design.space import (
 )
 from pdspace import results as results_io
 from pdspace.results import finite
+from pdspace.search.ordering import rank_key
 from pdspace.tracking import wandb_mode
 
 log = logging.getLogger("pdspace")
@@ -48,10 +49,11 @@ DERIVED_GROUPINGS = ("uniform", "increasing", "decreasing", "spindle", "bottlene
 UNPINNABLE = ("-", "other", "?")
 RULES = {
     "mean": "highest mean objective averaged over tasks (an option's score is the mean, over the tasks it has "
-            "results on, of its per-task mean, so every task counts once whatever its number of runs); ties go "
-            "to the higher median, then to more results, then to the alphabetically first option; only "
-            "completed runs with a finite objective count; options without such runs, and '-' (group untuned), "
-            "'other' (no grouping pattern) and '?' (no design), cannot win",
+            "results on, of its per-task mean, so every task counts once whatever its number of runs), among the "
+            "options with results on the most tasks; ties go to more results, then to the alphabetically first "
+            "option (pdspace's one ordering rule, pdspace.search.ordering); only completed runs with a finite "
+            "objective count; options without such runs, and '-' (group untuned), 'other' (no grouping pattern) "
+            "and '?' (no design), cannot win",
 }
 
 
@@ -203,7 +205,8 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
             std=float(vals.std()) if has else math.nan, per_task=per_task,
             best_of=None if share is None else float(share),
             edf={"x": sorted(vals.tolist()), "y": [(i + 1) / len(vals) for i in range(len(vals))]}))
-    stats.sort(key=lambda s: (s.n == 0, -s.mean if s.n else 0, -s.median if s.n else 0, -s.n, s.option))
+    # pdspace's one ordering rule (pdspace.search.ordering): more tasks, higher mean, more runs, then the name
+    stats.sort(key=lambda s: rank_key(len(s.per_task), s.mean, s.n, s.option))
     eligible = [s for s in stats if s.n and s.option not in UNPINNABLE]
     if not eligible:
         raise ValueError(f"no option of {dimension} can win: the completed runs only have "

@@ -1,6 +1,7 @@
-"""The study report: best design and top-k with their curves, parameter importances (fANOVA), the
-optimisation history, the pruned runs and where they stopped, the Pareto front of a multi-objective
-study; markdown + PNG in the sweep dir (beside refine_report.md), and to W&B when it is on."""
+"""The study report: best design and top-k with their curves (designs ranked by pdspace's one rule,
+`pdspace.search.ordering`, so the report names the design the search picks), parameter importances
+(fANOVA), the optimisation history, the pruned runs and where they stopped, the Pareto front of a
+multi-objective study; markdown + PNG in the sweep dir (beside refine_report.md), and to W&B when it is on."""
 
 from __future__ import annotations
 
@@ -8,21 +9,33 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pdspace import results
+from pdspace.search.ordering import Standing, rank_key, ranked, standings
 from pdspace.search.study import StudySpec, open_study, redact
 
 log = logging.getLogger("pdspace.study")
 TOP_K = 5
+RULE = "higher mean objective, then more trials, then the design id"
 
 
 def _jobs_by_trial(sweep_dir: Path, task: str) -> dict[int, dict[str, Any]]:
     found, _ = results.read_all(results.sweep_paths(sweep_dir))
     return {r["trial"]["number"]: r for r in found
             if r.get("task") == task and isinstance((r.get("trial") or {}).get("number"), int)}
+
+
+def rank_trials(done: Sequence[Any]) -> list[tuple[Standing, list[Any]]]:
+    """Completed trials grouped by design and ranked best first by pdspace's rule (`pdspace.search.ordering`):
+    the mean first objective over a design's trials, then more trials, then the design id."""
+    by_design: dict[str, list[Any]] = {}
+    for t in sorted(done, key=lambda t: t.number):
+        by_design.setdefault(str(t.user_attrs.get("design_id")), []).append(t)
+    table = standings((d, "study", t.values[0]) for d, trials in by_design.items() for t in trials)
+    return [(s, by_design[s.name]) for s in ranked(table.values())]
 
 
 def _importances(study: Any) -> dict[str, float] | str:
@@ -106,7 +119,8 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     states = {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState}
     infeasible = sum("infeasible" in t.user_attrs for t in study.trials)
-    top = sorted(done, key=lambda t: -t.values[0])[:TOP_K]
+    ranking = rank_trials(done)
+    top = [trials[0] for _, trials in ranking[:TOP_K]]
     stem = f"study_{task}"
     paths = _plots(study, spec, jobs, top, sweep, stem) if done else {}
     importances = _importances(study) if len(done) >= 2 else "n/a (fewer than two completed trials)"
@@ -117,14 +131,18 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
           + (f" ({infeasible} of the failed: designs the budget cannot build, rejected before training)"
              if infeasible else "") + f"; {epochs} evaluations trained in all.", ""]
     if top:
-        md += [f"**Best design: `{top[0].user_attrs.get('design_id')}`** ({spec.objectives[0]} "
-               f"{top[0].values[0]:.4f}, trial {top[0].number})", "",
-               "| rank | trial | design | " + " | ".join(spec.objectives) + " | curve |",
+        best, best_trials = ranking[0]
+        md += [f"**Best design: `{best.name}`** ({spec.objectives[0]} {best.mean:.4f}"
+               + (f", mean of {best.runs} trials" if best.runs > 1 else "")
+               + f", trial {', '.join(str(t.number) for t in best_trials)})", "",
+               f"Designs ranked by pdspace's rule ({RULE}); a design trained in several trials shows their means.",
+               "", "| rank | trials | design | " + " | ".join(spec.objectives) + " | curve |",
                "|---|---|---|" + "---|" * len(spec.objectives) + "---|"]
-        for i, t in enumerate(top, 1):
-            curve = " ".join(f"{v:.3f}" for v in results.curve(jobs.get(t.number, {})))
-            md.append(f"| {i} | {t.number} | `{t.user_attrs.get('design_id')}` | "
-                      + " | ".join(f"{v:.4g}" for v in t.values) + f" | {curve} |")
+        for i, (standing, trials) in enumerate(ranking[:TOP_K], 1):
+            curve = " ".join(f"{v:.3f}" for v in results.curve(jobs.get(trials[0].number, {})))
+            means = [sum(t.values[j] for t in trials) / len(trials) for j in range(len(spec.objectives))]
+            md.append(f"| {i} | {', '.join(str(t.number) for t in trials)} | `{standing.name}` | "
+                      + " | ".join(f"{v:.4g}" for v in means) + f" | {curve} |")
         md.append("")
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     if pruned:
@@ -138,7 +156,7 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
     if spec.multi_objective:
         md += ["Pareto front:", "", "| trial | design | " + " | ".join(spec.objectives) + " |",
                "|---|---|" + "---|" * len(spec.objectives)]
-        for t in sorted(study.best_trials, key=lambda t: -t.values[0]):
+        for t in sorted(study.best_trials, key=lambda t: rank_key(1, t.values[0], 1, t.user_attrs.get("design_id"))):
             md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | "
                       + " | ".join(f"{v:.4g}" for v in t.values) + " |")
         md.append("")
@@ -152,8 +170,8 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
     (sweep / f"{stem}.md").write_text("\n".join(md))
     summary = {"study": spec.name, "trials": len(study.trials), "states": states, "infeasible": infeasible,
                "evaluations": epochs, "best": None if not top else {
-                   "trial": top[0].number, "design_id": top[0].user_attrs.get("design_id"),
-                   "values": list(top[0].values)},
+                   "trial": top[0].number, "trials": [t.number for t in ranking[0][1]],
+                   "design_id": ranking[0][0].name, "values": list(top[0].values), "mean": ranking[0][0].mean},
                "importances": importances, "files": {k: str(p) for k, p in paths.items()}}
     results.write_json(sweep / f"{stem}.json", summary)
     if wandb:

@@ -1,0 +1,228 @@
+"""The confirmation stage that ends every `pdspace-search` (greedy, random, tpe, gp; with or without pruner).
+
+A search's sweeps train each design once (one training seed), so a lucky run can decide. The stage
+retrains the top `--confirm-k` designs of the sweeps (inside the final space, ranked by pdspace's one
+rule, `pdspace.search.ordering`) and the uniform baselines at the same budget and settings (Adapter,
+Prefix, LoRA, BitFit: uniform groups, uniform allocation, every group tuned, one letter in every
+group; BitFit at its natural size; full fine-tuning with `--confirm-full-ft`) over the
+`--confirm-seeds`. Each candidate and baseline is an experiment preset in `<dir>/conf/experiment/`
+(`<name>_confirm_<i>.yaml`, `<name>_adapter.yaml`, ...; `method:` is its row label, `top1`,
+`adapter`, ...) written by the same `preset()` as the found design's, so every setting of the
+search's jobs is pinned in it, and one resumable `pdspace-train -m experiment=... seed=...` multirun
+trains them in `<dir>/confirm-k<K>-seeds<S..>[-fullft]/` (a dir per confirmation setting, so that
+other confirmation settings never touch the search's sweeps or another setting's jobs): the pdspace
+sweeper skips completed jobs on a relaunch and refuses changed settings; a finished confirmation is
+not launched again. The found design is the candidate (never a baseline) with the best mean over
+the seeds (same rule); `<dir>/confirm_report.md` is the results table (`pdspace.report`) of the
+candidates and baselines, mean ± std over the seeds (with the report's confidence intervals and
+p-values where it computes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pdspace import results
+from pdspace.design.space import UNIFORM_BASELINES, Design, scaled_grouping
+from pdspace.search.cli import SearchError, Setting, confirm_seeds, preset, run_multirun
+from pdspace.search.ordering import Standing, rank_key, standings
+
+log = logging.getLogger("pdspace.search")
+CONFIRM_DIR = "confirm"
+REPORT_FILE = "confirm_report.md"
+FULL_FT = "full_finetune"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the confirmation: a candidate of the search or a baseline, and its experiment preset."""
+
+    label: str
+    preset: str
+    kind: str  # "candidate" or "baseline"
+    design: Design | None  # None: full fine-tuning (no design)
+
+
+def confirm_dir(k: int, seeds: Sequence[int], full_ft: bool) -> str:
+    """The confirmation's sweep dir name: one per setting, since its jobs are numbered (candidate, seed)."""
+    return f"{CONFIRM_DIR}-k{k}-seeds{'-'.join(map(str, seeds))}" + ("-fullft" if full_ft else "")
+
+
+def baseline_design(letter: str, num_layers: int, num_groups: int) -> Design:
+    """A uniform baseline: near-equal groups, uniform allocation, every group tuned, `letter` in every group."""
+    return Design(scaled_grouping((1,) * num_groups, num_layers), "uniform", None, (letter,) * num_groups)
+
+
+def entries(top: Sequence[tuple[Design, Standing]], args: argparse.Namespace,
+            setting: Setting) -> tuple[list[Entry], dict[str, str]]:
+    """The candidates and baselines to train, and the baselines the budget cannot build (label -> why)."""
+    rows = [Entry(f"top{i}", f"{args.name}_confirm_{i}", "candidate", d) for i, (d, _) in enumerate(top, 1)]
+    skipped = {}
+    for label, letter in UNIFORM_BASELINES.items():
+        design = baseline_design(letter, setting.num_layers, setting.num_groups)
+        # BitFit has no size to solve: it trains at its natural size whatever the budget
+        why = None if letter == "B" or setting.check is None else setting.check(design)
+        if why:
+            skipped[label] = why
+            log.warning("confirmation: baseline %s (%s) left out: %s", label, design, why)
+            continue
+        rows.append(Entry(label, f"{args.name}_{label}", "baseline", design))
+    if args.confirm_full_ft:
+        rows.append(Entry(FULL_FT, f"{args.name}_{FULL_FT}", "baseline", None))
+    return rows, skipped
+
+
+def write_preset(entry: Entry, conf: Path, args: argparse.Namespace, overrides: Sequence[str],
+                 setting: Setting, template: Design) -> tuple[list[str], str]:
+    """Write an entry's experiment preset (the search's settings, its design pinned, `method:` its label);
+    returns the overrides no preset can express (for the command line) and the preset's text."""
+    # the seed here is the search's (the confirmation's command line sweeps `seed`), so every confirmation
+    # setting writes the same preset
+    body, rest = preset(entry.design or template, entry.label, args.tasks[0], args.seeds[0], overrides,
+                        setting.config_dir)
+    header = [f"# {entry.kind} of the confirmation of pdspace-search ({args.name})"]
+    if entry.design is None:
+        # full fine-tuning: no design is built, every backbone and head parameter trains
+        for key in ("grouping", "allocation", "tunable", "strategy"):
+            body.pop(key, None)
+        body["peft"] = {**(body.get("peft") or {}), "full_finetune": True}
+        body["budget_fraction"] = None
+        header.append("# full fine-tuning")
+    else:
+        if set("".join(entry.design.strategies)) == {"B"}:
+            body["budget_fraction"] = None  # BitFit alone: its natural size (the budget has nothing to size)
+        header.append(f"# design {entry.design}")
+    path = conf / "experiment" / f"{entry.preset}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(["# @package _global_", *header]) + "\n" + OmegaConf.to_yaml(OmegaConf.create(body))
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return rest, text
+
+
+def _key(c: Mapping[str, Any]) -> tuple:
+    # pdspace's rule over a candidate's confirmation runs (mean None: no run, last)
+    return rank_key(len(c["per_task"]), math.nan if c["mean"] is None else c["mean"], c["runs"], c["design_id"])
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def _mean_std(c: Mapping[str, Any]) -> str:
+    # one run has no spread: no "±"
+    return _fmt(c["mean"]) + (f" ± {_fmt(c['std'])}" if c["std"] is not None else "")
+
+
+def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, args: argparse.Namespace,
+                     overrides: list[str], setting: Setting,
+                     previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) the confirmation, write its report; returns what search.json keeps of it.
+
+    `previous`: what search.json kept of an earlier confirmation; when it ran the very same presets and
+    command and every one of its runs is completed, nothing is launched (a finished stage is skipped)."""
+    conf = root / "conf"
+    seeds = confirm_seeds(args)
+    sweep = root / confirm_dir(args.confirm_k, seeds, args.confirm_full_ft)
+    rows, skipped = entries(top, args, setting)
+    template = next(e.design for e in rows if e.design is not None)
+    rest: list[str] = []
+    texts = []
+    for entry in rows:
+        rest, text = write_preset(entry, conf, args, overrides, setting, template)
+        texts.append(text)
+    cmd = [sys.executable, "-m", "pdspace.train", "-m", "--config-dir", str(conf),
+           f"experiment={','.join(e.preset for e in rows)}", f"seed={','.join(map(str, seeds))}",
+           *([f"task={','.join(args.tasks)}"] if len(args.tasks) > 1 else []), f"hydra.sweep.dir={sweep}",
+           *setting.hydra_args(), *rest]
+    inputs = hashlib.sha256(json.dumps([cmd[1:], texts]).encode()).hexdigest()[:16]
+    want = {(e.label, s, t) for e in rows for s in seeds for t in args.tasks}
+    found, unreadable = results.read_all(results.sweep_paths(sweep)) if sweep.is_dir() else ([], [])
+    have = {(r.get("method"), r.get("seed"), r.get("task")) for r in found if r.get("status") == "completed"}
+    if previous and previous.get("inputs") == inputs and want <= have:
+        log.info("confirmation done before: %s", sweep)
+    else:
+        run_multirun(f"confirmation ({len(top)} candidates, {len(rows) - len(top)} baselines, seeds "
+                     f"{','.join(map(str, seeds))})", cmd, sweep)
+        found, unreadable = results.read_all(results.sweep_paths(sweep))
+    by_label = {e.label: e for e in rows}
+    points = []
+    for r in found:
+        value = results.objective(r)
+        entry = by_label.get(str(r.get("method")))
+        if value is not None and entry is not None:
+            points.append((entry.label, str(r.get("task")), value))
+    table = standings(points)
+    search_stats = {f"top{i}": s for i, (_, s) in enumerate(top, 1)}
+
+    def numbers(entry: Entry) -> dict[str, Any]:
+        s = table.get(entry.label, Standing(entry.label))
+        out = {"label": entry.label, "preset": entry.preset,
+               "design_id": str(entry.design) if entry.design else "full", "mean": s.mean, "std": s.std,
+               "runs": s.runs, "per_task": s.per_task}
+        if entry.kind == "candidate":
+            out["search"] = {"score": search_stats[entry.label].mean, "runs": search_stats[entry.label].runs,
+                             "per_task": search_stats[entry.label].per_task}
+        return results.finite(out)  # NaN (no run, or one run's std) as None, as search.json keeps it
+
+    candidates = {e.label: numbers(e) for e in rows if e.kind == "candidate"}
+    baselines = {e.label: numbers(e) for e in rows if e.kind == "baseline"}
+    # the same rule as everywhere, over the confirmation's runs, the design id as the last tie-break
+    best = min(candidates.values(), key=_key)
+    if not best["runs"]:
+        raise SearchError(f"no candidate of the confirmation completed a run (see the result.json files under "
+                          f"{sweep}); fix the cause and rerun the same command to resume")
+    winner = best["label"]
+    report_path = write_report(root / REPORT_FILE, found, unreadable, rows, candidates, baselines, winner, seeds,
+                               args, skipped)
+    return {"sweep": str(sweep), "inputs": inputs, "seeds": seeds, "k": args.confirm_k,
+            "full_ft": bool(args.confirm_full_ft), "candidates": candidates, "baselines": baselines,
+            "skipped_baselines": skipped, "found": winner, "found_design": candidates[winner]["design_id"],
+            "report": str(report_path)}
+
+
+def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Sequence[tuple[str, str]],
+                 rows: Sequence[Entry], candidates: Mapping[str, Mapping[str, Any]],
+                 baselines: Mapping[str, Mapping[str, Any]], winner: str, seeds: Sequence[int],
+                 args: argparse.Namespace, skipped: Mapping[str, str]) -> Path:
+    """confirm_report.md: the found design, the ranking of the candidates, and the results table with the
+    baselines (`pdspace.report`: mean ± std over the seeds and what significance it computes)."""
+    from pdspace import report as report_mod
+
+    labels = {e.label for e in rows}
+    mine = [r for r in found if str(r.get("method")) in labels]
+    # each result's `_path` leads the report to its predictions.npz (the paired bootstrap over examples)
+    table = report_mod.to_markdown(report_mod.build(mine, method_key="method", unreadable=list(unreadable)))
+    c = candidates[winner]
+    md = [f"# Confirmation of pdspace-search `{args.name}`", "",
+          f"**Found design: `{c['design_id']}`** ({winner}: mean objective {_mean_std(c)} "
+          f"over {c['runs']} runs, seeds {','.join(map(str, seeds))}; {_fmt(c['search']['score'])} over "
+          f"{c['search']['runs']} runs in the search).", "",
+          (f"The top {len(candidates)} designs" if len(candidates) > 1 else "The best design")
+          + " of the search in its final space (by pdspace's rule: more tasks, higher mean, more runs, design id) "
+          "and the uniform baselines at the same budget and settings, each trained over the same seeds; the found "
+          "design is the candidate with the best mean here (same rule).", "",
+          "| rank | method | design | search mean (runs) | confirmation mean ± std (runs) |", "|---|---|---|---|---|"]
+    order = sorted(candidates.values(), key=_key)
+    for i, c in enumerate(order, 1):
+        md.append(f"| {i} | {c['label']}{' (found)' if c['label'] == winner else ''} | `{c['design_id']}` | "
+                  f"{_fmt(c['search']['score'])} ({c['search']['runs']}) | {_mean_std(c)} ({c['runs']}) |")
+    for b in baselines.values():
+        md.append(f"| - | {b['label']} | `{b['design_id']}` | - | {_mean_std(b)} ({b['runs']}) |")
+    md += ["", "Results table (objective × 100):", "", table]
+    if skipped:
+        md += ["Baselines the budget cannot build (left out): "
+               + "; ".join(f"{k}: {why}" for k, why in skipped.items()), ""]
+    path.write_text("\n".join(md))
+    return path
