@@ -120,8 +120,11 @@ def test_bad_search_input_stops_before_any_stage(tmp_path, args, message):
     assert not (tmp_path / "search").exists()  # nothing launched, nothing written
 
 
-def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path):
-    """SIGTERM to pdspace-search reaches the running stage; its job says interrupted; nothing keeps running.
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path, how):
+    """SIGTERM to pdspace-search reaches the running stage and the search exits 143; SIGKILL of the search alone
+    (its stage runs in its own process group) ends the stage too, by the parent-death signal (Linux); either way
+    the job says interrupted and nothing keeps running.
 
     The search reads its space from the user's --config-dir and splits 6 layers into 3 groups."""
     mine = tmp_path / "mine" / "space"
@@ -141,11 +144,28 @@ def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path):
         time.sleep(0.2)
     time.sleep(2)  # into the job
     stage_pid = results.read(job)["host"]["pid"]
-    proc.send_signal(signal.SIGTERM)
+    assert os.getpgid(stage_pid) != os.getpgid(proc.pid)  # its own group: no signal reaches it twice
+    proc.send_signal(getattr(signal, how))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "interrupted by SIGTERM" in out, out[-3000:]
-    with pytest.raises(ProcessLookupError):
-        os.kill(stage_pid, 0)  # the stage was stopped and waited for, not orphaned
+    if how == "SIGTERM":
+        assert proc.returncode == 143 and "interrupted by SIGTERM" in out, (proc.returncode, out[-3000:])
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 60
+    while time.time() < deadline and results.read(job)["status"] == "running":
+        time.sleep(0.2)  # SIGKILL: the stage stops on its own (SIGTERM from the kernel), not waited for
+    for _ in range(100):
+        try:
+            os.kill(stage_pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(stage_pid, os.WNOHANG)  # not our child: only a zombie of another parent stays listed
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the stage {stage_pid} outlived the search (orphan)")
     r = results.read(job)
     assert r["status"] == "interrupted" and "SIGTERM" in r["error"]
     # the stage planned 3-group designs from the user's space

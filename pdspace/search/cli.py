@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -53,6 +54,30 @@ class SearchError(PDSpaceError):
     """A search that cannot start or a stage that could not finish; the message says what to do."""
 
 
+class SearchInterrupted(SearchError):
+    """SIGINT or SIGTERM stopped the search (and its stage); the console script exits 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; the stage was stopped and its finished jobs "
+                         "are kept; rerun the same command to resume")
+        self.signum = signum
+
+
+def _stage_preexec() -> None:
+    # in the child, before exec: its own process group (a signal to the search's group is forwarded once, not
+    # delivered twice), and on Linux SIGTERM from the kernel when the search dies, even by SIGKILL, so a stage
+    # never outlives its search. Other systems have no parent-death signal: there only a SIGKILL of the search
+    # itself can leave its stage running (SIGINT and SIGTERM are forwarded and waited for).
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the search died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
@@ -73,8 +98,9 @@ class Setting:
 
 
 def _popen_forwarding(cmd: list[str]) -> int:
-    """Run `cmd`, passing SIGINT/SIGTERM on to it and waiting for it, so a killed search leaves no orphan."""
-    proc = subprocess.Popen(cmd)
+    """Run `cmd` in its own process group, passing SIGINT/SIGTERM on to it and waiting for it, and (Linux) ended
+    by the kernel if the search dies: a killed search leaves no orphan."""
+    proc = subprocess.Popen(cmd, preexec_fn=_stage_preexec)
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -88,9 +114,7 @@ def _popen_forwarding(cmd: list[str]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
-        name = signal.Signals(received[0]).name
-        raise SearchError(f"interrupted by {name}; the stage was stopped and its finished jobs are kept; rerun the "
-                          "same command to resume")
+        raise SearchInterrupted(received[0])
     return code
 
 
@@ -425,6 +449,9 @@ def main(argv: list[str] | None = None) -> None:
         line = one_line(e) or (str(e) if isinstance(e, ValueError) else None)
         if line is None:
             raise
+        if isinstance(e, SearchInterrupted):
+            sys.stderr.write(f"pdspace-search: {line}\n")
+            sys.exit(128 + e.signum)
         sys.exit(f"pdspace-search: error: {line}")
     final = state["final"]
     if state.get("confirm"):
