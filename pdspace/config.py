@@ -54,11 +54,25 @@ class BackboneConf:
 
 
 @dataclass
+class SizesConf:
+    """Fixed module sizes (`peft.sizes.lora_rank=8`): every tuned layer gets them and the budget solver is skipped.
+
+    All null (the default): no fixed sizes, the solver sizes every module. A registered strategy with another
+    size adds its key with `+peft.sizes.<its size>=N`."""
+
+    adapter_dim: Optional[int] = None
+    prefix_len: Optional[int] = None
+    lora_rank: Optional[int] = None
+
+
+@dataclass
 class PeftConf:
     """How the strategy modules are built (the budget solver sizes them)."""
 
     full_finetune: bool = False
-    sizes: Optional[dict[str, int]] = None
+    # fixed sizes instead of the budget solver; a node (never null by default), so that `peft.sizes.lora_rank=8`
+    # and `peft.sizes={lora_rank: 8}` both work: OmegaConf cannot set a key of, or merge a dict into, a null node
+    sizes: Optional[SizesConf] = field(default_factory=SizesConf)
     train_head: bool = True
     lora_alpha: float = 8.0
     lora_rslora: bool = False
@@ -225,6 +239,14 @@ TYPED_BLOCKS = {"peft": PeftConf, "data": DataConf, "scheduler": SchedulerConf, 
 
 
 def _check_known_keys(cfg: Any) -> None:
+    # `+key=value` force-adds a top-level key the schema does not know; nothing would ever read it
+    top = set(TrainConf.__dataclass_fields__) | {"hydra", "output_dir"}  # output_dir: a run without Hydra
+    keys = cfg.keys() if (isinstance(cfg, Mapping) or OmegaConf.is_dict(cfg)) else []
+    unknown_top = sorted(set(map(str, keys)) - top)
+    if unknown_top:
+        raise ConfigError(f"{unknown_top[0]}: Key {unknown_top[0]!r} not in 'TrainConf', so nothing would read it; "
+                          "check the spelling (+key=value adds a key only inside a free-form block: labels, trainer, "
+                          "callbacks, logger, optimizer)")
     for block, schema in TYPED_BLOCKS.items():
         node = _get_value(cfg, block)
         if not isinstance(node, Mapping) and not OmegaConf.is_dict(node):
@@ -254,9 +276,42 @@ def _check_lr_scale(scales: Any) -> None:
                               f"optimizer.lr_scale.{name}=10")
 
 
+def fixed_sizes(sizes: Any) -> Any:
+    """The fixed module sizes a `peft.sizes` value gives, without the unset (null) ones; None when it gives none
+    (the budget solver sizes the modules). A list (one mapping per layer, from Python) keeps its length."""
+    sizes = plain(sizes)
+    if isinstance(sizes, Mapping):
+        return {str(k): v for k, v in sizes.items() if v is not None} or None
+    if isinstance(sizes, (list, tuple)):
+        return [{str(k): v for k, v in dict(row).items() if v is not None} for row in sizes] or None
+    return sizes
+
+
+def _check_sizes(sizes: Any) -> None:
+    # a size of 0 or a misspelt size name would fail only once the model is patched, as a traceback
+    if sizes is None:
+        return
+    if not isinstance(sizes, Mapping):
+        raise ConfigError(f"peft.sizes={sizes!r} must map module sizes to integers, e.g. peft.sizes.lora_rank=8")
+    from pdspace.peft.strategies import strategies
+
+    names = {s.size_name: letter for letter, s in strategies().items() if s.size_name}
+    for name, value in sizes.items():
+        if str(name) not in names and str(name) not in names.values():
+            raise ConfigError(f"peft.sizes.{name}: not a module size; use {', '.join(names)}, e.g. "
+                              "peft.sizes.lora_rank=8")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"peft.sizes.{name}={value!r} is not an integer >= 1; give e.g. peft.sizes.{name}=8, "
+                              "or null to let the budget solver size it")
+
+
 def check_config(cfg: Any) -> None:
-    """Value checks that types cannot express; raises `ConfigError` with the fix."""
+    """Value checks that types cannot express (every count and size in one place); raises `ConfigError` with the
+    fix."""
     _check_known_keys(cfg)
+    _check_sizes(plain(_get_value(cfg, "peft.sizes")))
     budget = _get_value(cfg, "budget_fraction")
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 1):
         raise ConfigError(f"budget_fraction={budget!r} must lie in (0, 1); give e.g. budget_fraction=0.005 "
@@ -275,6 +330,9 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "data.effective_batch_size", int, 1, example="data.effective_batch_size=128")
     _number(cfg, "num_groups", int, 1, optional=False, example="num_groups=4")
     _number(cfg, "max_failure_rate", float, 0, example="max_failure_rate=0.25")
+    _number(cfg, "checkpoint_every_n_steps", int, 1, example="checkpoint_every_n_steps=100")
+    _number(cfg, "data.num_workers", int, 0, example="data.num_workers=0")
+    _number(cfg, "task.synthetic_size", int, 1, example="task.synthetic_size=512, or null for the default (512 rows)")
     if _get_value(cfg, "task.name") == "files":
         missing = [k for k in ("train", "validation") if _missing(cfg, f"task.{k}")]
         if missing:
@@ -291,10 +349,19 @@ def check_space(space: Any) -> None:
 
     _number(space, "num_samples", int, 1, optional=False, example="space.num_samples=20", prefix="space.")
     _number(space, "max_failure_rate", float, 0, example="space.max_failure_rate=0.25", prefix="space.")
+    # null means "use num_samples"; 0 is no such request (it trains nothing)
+    _number(space, "trials", int, 1, example="space.trials=20, or null for space.num_samples", prefix="space.")
+    _number(space, "startup_trials", int, 0, example="space.startup_trials=10, or null for the default",
+            prefix="space.")
+    _number(space, "max_resource", int, 1, example="space.max_resource=3, or null for trainer.max_epochs",
+            prefix="space.")
+    _number(space, "num_groups", int, 1, example="space.num_groups=4, or null for num_groups", prefix="space.")
     tasks = plain(_get_value(space, "tasks")) or []
     if not tasks:
         raise ConfigError("the space lists no tasks; set space.tasks=[sst2] (or several)")
     for task in tasks:
+        if str(task) == "files":
+            continue  # your own files (task=files task.train=... task.validation=...)
         try:
             get_task(str(task))
         except DataError as e:
@@ -332,6 +399,10 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a composed config (plain dict) that determines a job's result."""
     out = json.loads(json.dumps(plain(config), default=str))
     out.pop("hydra", None)
+    peft = out.get("peft")
+    if isinstance(peft, dict) and "sizes" in peft:
+        # null and a node of null sizes ask for the same (the budget solver): results written before agree
+        peft["sizes"] = fixed_sizes(peft["sizes"])
     for key in NON_RESULT_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = _get(out, parent) if parent else out
@@ -381,13 +452,19 @@ def check_overrides(argv: list[str]) -> None:
             raise ConfigError(f"malformed override {override!r} ({str(e).splitlines()[0]}); {OVERRIDE_HINT}") from None
 
 
-def one_line(ex: BaseException) -> str | None:
-    """A config/user error as one line with its fix; None for anything else (a bug keeps its traceback)."""
+def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
+    """A config/user error, or a full / read-only disk, as one line with its fix; None for anything else (a bug
+    keeps its traceback). `dir_key` is the setting that moves the output elsewhere."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    from pdspace.results import disk_error
+
     if isinstance(ex, PDSpaceError):
         return str(ex)
+    disk = disk_error(ex, dir_key=dir_key)
+    if disk is not None:
+        return disk
     if isinstance(ex, OverrideParseException):
         reason = str(ex).splitlines()[0].strip()
         return f"malformed override ({reason}); {OVERRIDE_HINT}"
@@ -451,11 +528,14 @@ def one_line_errors(prog: str) -> Iterator[None]:
     except ConfigError as e:
         sys.exit(f"{prog}: error: {e}")
 
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+
     def run_and_report(func: Callable[[], Any]) -> Any:
         try:
             return func()
         except Exception as ex:
-            line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else one_line(ex)
+            line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else one_line(ex, dir_key)
             if line is None:
                 error = ex
 

@@ -238,9 +238,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, to_peft: bool = Fals
     run = Path(run_dir)
     result = results.read(run / results.RESULT_FILE)
     checkpoint = run / CHECKPOINT_FILE
-    if result["status"] != "completed" or not result.get("design") or not checkpoint.exists():
+    if result["status"] != "completed" or not result.get("design"):
         why = "is a full fine-tuning run" if result.get("design_id") == "full" else f"is {result['status']}"
         raise ExportError(f"{run} {why}; export needs a completed PEFT run with its {CHECKPOINT_FILE}")
+    if not checkpoint.exists():
+        how = ("it was trained with save_checkpoint=false" if (result.get("config") or {}).get("save_checkpoint")
+               is False else "it was removed or never written")
+        raise ExportError(f"{checkpoint} is missing ({how}); export needs it: train the run again with "
+                          "save_checkpoint=true (in a new hydra.run.dir), then export that run")
     cfg = result["config"]
     bb = cfg["backbone"]
     model = backbone_for(bb, task_spec(cfg["task"]), int(cfg["seed"])).model

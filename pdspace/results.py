@@ -20,13 +20,14 @@ process is gone (same host) into `interrupted`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ PREDICTIONS_FILE = "predictions.npz"
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted", "dry_run")
 # statuses that count as a failed job of a sweep (pruned and dry-run jobs are no failures)
 FAILED_STATUSES = ("failed", "interrupted")
+# a prior run of these made with other settings is no reason to refuse a job: nothing of it is worth resuming,
+# so the job keeps it aside (result.failed-<n>.json) and runs; any other status is compared
+REPLACEABLE_STATUSES = ("failed", "dry_run")
 
 
 class ResultError(ValueError):
@@ -56,12 +60,56 @@ def finite(x: Any) -> Any:
     return x
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file, even with writers in parallel)."""
-    path = Path(path)
+# errors of the disk rather than of the run: full, over quota, read-only, forbidden
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(ex: BaseException, where: str | Path | None = None, dir_key: str = "hydra.run.dir") -> str | None:
+    """One line for a write the disk refused (full, read-only, forbidden), naming the path (`where`, the run's
+    dir, when the error names none) and the fix; None for any other error. An error raised `from` one counts too."""
+    seen: BaseException | None = ex
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            break
+        seen = seen.__cause__  # explicit chaining only: an earlier, handled error is no cause
+    else:
+        return None
+    path = seen.filename or where
+    shown, reason = path if path else "the output", seen.strerror or os.strerror(seen.errno)
+    if seen.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {shown}: {reason}; free space or choose another {dir_key}"
+    if seen.errno == errno.EROFS:
+        return f"cannot write {shown}: {reason}; choose another {dir_key} (a writable place)"
+    # permissions: the file may be one the run reads (a data file), so only an output's fix names the run dir
+    output = path is None or where is None or Path(str(path)).absolute().is_relative_to(Path(where).absolute())
+    return f"cannot access {shown}: {reason}; fix its permissions" + (f" or choose another {dir_key}" if output else "")
+
+
+@contextmanager
+def _atomic(path: Path, mode: str = "w") -> Iterator[Any]:
+    # write a temp file beside `path`, then rename it over `path`; a failed write leaves neither half a file
+    # nor the temp file, and its OSError names `path`
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2, default=str))
-    tmp.replace(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException as e:
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file, even with writers in parallel; a failed write
+    removes its temp file and raises an OSError naming `path`)."""
+    text = json.dumps(finite(data), indent=2, default=str)
+    with _atomic(Path(path)) as f:
+        f.write(text)
 
 
 def write(path: str | Path, result: Mapping[str, Any]) -> None:
@@ -76,11 +124,8 @@ def write_arrays(path: str | Path, arrays: Mapping[str, Any]) -> None:
     """Write numpy arrays as one compressed .npz, atomically."""
     import numpy as np
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with _atomic(Path(path), "wb") as f:
         np.savez_compressed(f, **arrays)
-    tmp.replace(path)
 
 
 def _alive(pid: int) -> bool:

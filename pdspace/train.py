@@ -4,8 +4,15 @@ A job dir holds one run: its `result.json` (status `running` while it trains), i
 checkpoint and its W&B run. A failing job writes `status: failed` (with the error); an
 interrupted one (SIGINT, SIGTERM) `status: interrupted`. In a multirun a failed job returns NaN
 so the other jobs go on; a single run exits with one error line. A job dir that already holds
-a completed run with the same settings is not trained again; one made with other settings is
-refused, naming the keys that differ.
+a completed run with the same settings is not trained again; one whose completed, running,
+interrupted or pruned run was made with other settings is refused, naming the keys that differ. A
+failed (or dry) run with other settings is kept beside it as `result.failed-<n>.json` (its
+checkpoints likewise) and the job runs afresh: fix the cause, relaunch the same dir.
+
+Bad input of a single run (what `check_config` finds) is one error line and writes nothing; a
+sweep's job records it in its result.json, so the sweep's summary counts it. A write the disk
+refuses (full, read-only) is one line naming the path. An unreadable resume checkpoint is moved
+aside (`last.ckpt.unreadable-<time>`) and the job trains from scratch, saying so.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pdspace import results, tracking
-from pdspace.config import CONF_DIR, check_config, differing_keys, fingerprint, one_line_errors, plain
+from pdspace.config import (CONF_DIR, check_config, differing_keys, fingerprint, fixed_sizes, one_line_errors,
+                            plain)
 from pdspace.design.space import Design, DesignSpace
 from pdspace.errors import PDSpaceError
 from pdspace.results import CHECKPOINT_FILE, PREDICTIONS_FILE, RESULT_FILE
@@ -199,8 +207,13 @@ def _signals_interrupt() -> Iterator[None]:
         _PENDING.clear()
 
 
+# what a replaced run leaves beside its result.json: kept under the same suffix, never resumed from
+RUN_FILES = ("checkpoints/last.ckpt", CHECKPOINT_FILE, PREDICTIONS_FILE, FIT_STATE_FILE)
+
+
 def _prior(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The run already in `out` (None: none, or unreadable); refuses one made with other settings."""
+    """The run already in `out` (None: none, unreadable, or a failed / dry run with other settings, which is kept
+    aside); refuses a completed, running, interrupted or pruned one made with other settings."""
     path = out / RESULT_FILE
     if not path.exists():
         return None
@@ -209,12 +222,30 @@ def _prior(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     except results.ResultError:
         return None  # half a file from a killed process: run the job again
     old = prior.get("config")
-    if prior["status"] != "dry_run" and isinstance(old, dict) and fingerprint(old) != fingerprint(config):
+    if isinstance(old, dict) and fingerprint(old) != fingerprint(config):
         keys = differing_keys(old, config)
-        raise JobRefused(f"{out} holds a {prior['status']} run made with other settings ({'; '.join(keys[:8])}"
-                         f"{' ...' if len(keys) > 8 else ''}); relaunch with the same settings to resume it, or "
-                         "choose a new dir (hydra.run.dir / hydra.sweep.dir)")
+        changed = f"{'; '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+        if prior["status"] in results.REPLACEABLE_STATUSES:
+            kept = keep_aside(out, prior["status"])
+            log.info("%s held a %s run made with other settings (%s); kept it as %s, this job runs afresh", out,
+                     prior["status"], changed, kept)
+            return None
+        raise JobRefused(f"{out} holds a {prior['status']} run made with other settings ({changed}); relaunch with "
+                         "the same settings to resume it, or choose a new dir (hydra.run.dir / hydra.sweep.dir)")
     return prior
+
+
+def keep_aside(out: Path, status: str) -> Path:
+    """Rename the run in `out` (result.json and its checkpoints) to `<name>.<status>-<n>`; the kept result's path."""
+    n = 1
+    while (out / f"result.{status}-{n}.json").exists():
+        n += 1
+    for name in RUN_FILES:
+        if (out / name).exists():
+            (out / name).replace(out / f"{name}.{status}-{n}")
+    kept = out / f"result.{status}-{n}.json"
+    (out / RESULT_FILE).replace(kept)
+    return kept
 
 
 def _where(out: Path) -> str:
@@ -224,9 +255,12 @@ def _where(out: Path) -> str:
 def run(cfg: DictConfig) -> float:
     """One job: returns the best value of the task's objective (NaN when the job failed or was not run)."""
     out = _output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    if not _in_multirun():
+        # bad input of a single run: one line (ConfigError), and nothing written; a sweep's job records it instead
+        check_config(cfg)
     rank0 = _global_rank() == 0
     try:
+        out.mkdir(parents=True, exist_ok=True)
         with results.job_lock(out) if rank0 else contextlib.nullcontext():
             config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
             prior = _prior(out, config) if rank0 else None
@@ -240,6 +274,33 @@ def run(cfg: DictConfig) -> float:
             sys.exit(f"pdspace-train: error: {e}")
         log.error("job not run: %s", e)
         return float("nan")
+    except OSError as e:
+        # the disk refused the job's first write (its dir, lock or result.json): nothing ran
+        line = results.disk_error(e, out, _dir_key())
+        if line is None:
+            raise
+        if not _in_multirun():
+            sys.exit(f"pdspace-train: error: {line}")
+        log.error("job not run: %s", line)
+        return float("nan")
+
+
+def _dir_key() -> str:
+    return "hydra.sweep.dir" if _in_multirun() else "hydra.run.dir"
+
+
+def _write_final(out: Path, result: dict[str, Any]) -> str | None:
+    """Write the job's last result.json; on a full disk try once more without the traceback. None, or why not."""
+    try:
+        results.write(out / RESULT_FILE, result)
+        return None
+    except OSError as e:
+        line = results.disk_error(e, out, _dir_key()) or f"cannot write {out / RESULT_FILE}: {e}"
+    try:
+        results.write(out / RESULT_FILE, {k: v for k, v in result.items() if k != "traceback"})
+        return None
+    except OSError:
+        return line
 
 
 def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, Any] | None, rank0: bool) -> float:
@@ -291,9 +352,11 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
             tracking.describe(loggers, tags=["pruned"])
         else:
             result["status"] = "failed"
-            # a user error's message names the fix; anything else keeps its type (the traceback is in result.json)
-            result["user_error"] = isinstance(e, PDSpaceError)
-            result["error"] = str(e) if result["user_error"] else f"{type(e).__name__}: {e}"
+            # a user error's message names the fix, so does a full or read-only disk; anything else keeps its type
+            # (the traceback is in result.json)
+            disk = results.disk_error(e, out, _dir_key()) or _stream_write_error(e, out)
+            result["user_error"] = isinstance(e, PDSpaceError) or disk is not None
+            result["error"] = disk or (str(e) if isinstance(e, PDSpaceError) else f"{type(e).__name__}: {e}")
             result["traceback"] = traceback.format_exc()
             if trial is not None:
                 trial.tell("failed")
@@ -303,13 +366,39 @@ def _job(cfg: DictConfig, out: Path, config: dict[str, Any], prior: dict[str, An
         clock.lap("teardown")
         result["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result["timings"] = {**result.get("timings", {}), "total_s": time.perf_counter() - clock.t0}
+        unwritten = None
         if rank0:
-            results.write(out / RESULT_FILE, result)
-            log.info("%s: %s", result["status"], _where(out))
+            # a full disk must not hide the job's own error behind a traceback of this write
+            unwritten = _write_final(out, result)
+            if unwritten is None:
+                log.info("%s: %s", result["status"], _where(out))
+            else:
+                log.error("%s, but its result.json could not be written: %s", result["status"], unwritten)
         tracking.finish(loggers, result["status"])
     if result["status"] == "failed" and not _in_multirun():
-        raise JobFailed(result["error"], None if result.get("user_error") else out / RESULT_FILE)
+        raise JobFailed(result["error"], None if result.get("user_error") or unwritten else out / RESULT_FILE)
+    if unwritten is not None:
+        # trained, but nothing says so on disk: a sweep's summary counts the job as not completed
+        if not _in_multirun():
+            raise JobFailed(unwritten, None)
+        return float("nan")
     return objective
+
+
+def _stream_write_error(e: BaseException, out: Path) -> str | None:
+    # torch.save reports a failed file write as a RuntimeError of its zip writer, without errno or path
+    text = str(e)
+    if not isinstance(e, RuntimeError) or not any(m in text for m in ("StreamWriter failed", "file write failed")):
+        return None
+    import shutil
+
+    try:
+        full = shutil.disk_usage(out).free < 1 << 20
+    except OSError:
+        full = False
+    reason = "No space left on device" if full else text.strip().splitlines()[-1][:200]
+    return (f"cannot write in {out}: {reason}; "
+            f"{'free space or ' if full else ''}choose another {_dir_key()}")
 
 
 def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any], clock: _Clock,
@@ -326,6 +415,7 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     bb = backbone_for(cfg.backbone, spec, int(cfg.seed), meta=bool(cfg.dry_run))
     result["backbone_cached"] = bb.cached
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
+    peft["sizes"] = fixed_sizes(peft.get("sizes"))
     if peft.pop("full_finetune", False):
         # full fine-tuning: a baseline outside the design space, so no design is built or patched
         report: Any = FullFinetune(bb.model)
@@ -391,9 +481,17 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
         last.parent.mkdir(parents=True, exist_ok=True)
         callbacks.append(ResumeCheckpoint(last, int(cfg.checkpoint_every_n_steps)))
         if last.exists():
-            step = torch.load(last, map_location="cpu", weights_only=False).get("global_step")
-            result["resumed_from"] = {"path": str(last), "global_step": step}
-            log.info("resuming from %s (step %s)", last, step)
+            step, why = _checkpoint_step(last)
+            if why is None:
+                result["resumed_from"] = {"path": str(last), "global_step": step}
+                log.info("resuming from %s (step %s)", last, step)
+            else:
+                # a half-written or corrupted file: every relaunch would fail on it, so it goes aside
+                aside = last.with_name(f"{last.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+                last.replace(aside)
+                result["resumed_from"], result["discarded_checkpoint"] = None, str(aside)
+                log.warning("checkpoint %s is unreadable (%s); moved it to %s, this job trains from scratch "
+                            "(ckpt_path=null trains without resume checkpoints)", last, why, aside)
     trainer = hydra.utils.instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                       enable_progress_bar=bool(cfg.get("callbacks")))
     result["batch"] = set_accumulation(trainer, int(cfg.data.batch_size), cfg.data.get("effective_batch_size"))
@@ -440,6 +538,18 @@ def _run(cfg: DictConfig, out: Path, result: dict[str, Any], loggers: list[Any],
     return best
 
 
+def _checkpoint_step(path: Path) -> tuple[Any, str | None]:
+    """(global step, None) of a readable Lightning checkpoint; (None, why) for one that cannot be resumed from."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and EOF errors alike: the file cannot be resumed from
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return None, f"{type(e).__name__}: {first}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        return None, "not a Lightning checkpoint"
+    return ckpt["global_step"], None
+
+
 def learning_rates(model: Any, lr: float, lr_scale: Mapping[str, float]) -> dict[str, Any]:
     """The effective learning rate of every optimizer group (what result.json records)."""
     from pdspace.module import learning_rate_groups
@@ -476,6 +586,9 @@ def main(cfg: DictConfig) -> float:
     except JobFailed as e:
         # SystemExit passes through Hydra's handler: one error line instead of a traceback wall
         sys.exit(f"pdspace-train: error: {e}" + (f" (traceback in {e.path})" if e.path else ""))
+    except PDSpaceError as e:
+        # bad input that a single run refuses before writing anything (a sweep's job records it instead)
+        sys.exit(f"pdspace-train: error: {e}")
 
 
 def cli() -> None:

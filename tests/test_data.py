@@ -217,6 +217,44 @@ def test_files_errors(tmp_path):
         PDSpaceDataModule("nope", None)
 
 
+def test_data_file_errors_name_the_keys_a_command_line_user_sets(tmp_path):
+    # audit A25-A28: the fixes read `files=` and `files_task()`, the Python API, not the task.* keys one types
+    spec = files_task("files", "classification", "text")
+    (tmp_path / "a.csv").write_text("sentence,label\nhi,1\n")
+    (tmp_path / "b.csv").write_text("text,label\nhi,7\n")
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    cases = [("train", "a.csv", "set task.text_fields=[...] and task.label_field=... to match"),
+             ("train", "b.csv", "set task.num_labels / task.label_words"),
+             ("train", "nope.csv", "fix the path in task.train=PATH"),
+             ("validation", "nope.csv", "fix the path in task.validation=PATH"),
+             ("validation", "empty.csv", "point task.validation=PATH elsewhere")]
+    for split, name, fix in cases:
+        with pytest.raises(DataError) as err:
+            load_rows(spec, split, files={split: tmp_path / name})
+        assert fix in str(err.value) and "files=" not in str(err.value).replace("(files_task(", ""), str(err.value)
+    with pytest.raises(DataError, match=r"no 'validation' file was given; set task.validation=PATH"):
+        load_rows(spec, "validation", files={"train": tmp_path / "a.csv"})
+    with pytest.raises(DataError, match="for your own data use task=files with task.train=PATH"):
+        get_task("nope")
+
+
+def test_the_glue_hint_names_the_train_and_the_dev_file(tmp_path):
+    # audit A30: it read "SST-2/train.tsv, SST-2/train.tsv"
+    for split in ("train", "validation"):
+        with pytest.raises(DataError, match=r"\(SST-2/train\.tsv, SST-2/dev\.tsv, \.\.\.\)"):
+            load_rows("sst2", split, glue_dir=tmp_path)
+    with pytest.raises(DataError, match=r"\(MNLI/train\.tsv, MNLI/dev_matched\.tsv, \.\.\.\)"):
+        load_rows("mnli", "train", glue_dir=tmp_path)
+
+
+def test_a_synthetic_size_below_one_is_refused_not_replaced(tmp_path):
+    # audit A48: task.synthetic_size=0 silently trained on 512 rows
+    for size in (0, -3):
+        with pytest.raises(DataError, match=f"task.synthetic_size={size} is not an integer >= 1"):
+            load_rows("synthetic_cls", "train", synthetic_size=size)
+    assert len(load_rows("synthetic_cls", "train", synthetic_size=None)) == 512
+
+
 # -------------------------------------------------------------------------------------- datamodule
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from pdspace import results, tracking
@@ -36,6 +38,7 @@ def test_a_relaunch_with_other_settings_is_refused_naming_the_keys(launch, tmp_p
     stamps = _stamps(tmp_path / "sweep")
     # the same settings: nothing is trained again
     assert launch(*FAST, *sweep, multirun=True) == first and _stamps(tmp_path / "sweep") == stamps
+    multirun_yaml = (tmp_path / "sweep" / "multirun.yaml").read_text()
     for change, key in (("optimizer.lr=0.5", "optimizer.lr (5e-05 -> 0.5)"),
                         ("trainer.max_epochs=2", "trainer.max_epochs (1 -> 2)"),
                         ("budget_fraction=0.01", "budget_fraction (0.005 -> 0.01)")):
@@ -44,6 +47,8 @@ def test_a_relaunch_with_other_settings_is_refused_naming_the_keys(launch, tmp_p
         text = str(exit_.value.code)
         assert "hold runs made with other settings" in text and key in text and "\n" not in text, text
         assert _stamps(tmp_path / "sweep") == stamps  # nothing was touched
+        # nor the sweep's config, which greedy and refine read (audit F9: it held the refused lr)
+        assert (tmp_path / "sweep" / "multirun.yaml").read_text() == multirun_yaml
 
 
 def test_a_single_run_in_a_used_dir_with_other_settings_is_refused(launch, tmp_path):
@@ -236,3 +241,185 @@ def test_a_resumed_job_continues_its_wandb_run(launch, monkeypatch, tmp_path):
     assert second["tracking"]["wandb_id"] == run_id
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(run_id in r.name for r in runs)
+
+
+# --------------------------------------------------------------------------- fix the cause, relaunch the same dir
+
+
+def test_a_failed_run_with_other_settings_is_kept_aside_and_the_fixed_relaunch_runs(launch, tmp_path):
+    # audit F16: the budget cannot build the design (a failure after composing, so a result.json records it)
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "budget_fraction=0.00001")
+    assert "below the fixed cost" in str(exit_.value.code)
+    run = tmp_path / "run"
+    assert results.read(run / "result.json")["status"] == "failed"
+    (r,) = launch(*FAST)  # the fixed setting, the same dir: runs
+    assert r["status"] == "completed" and r["budget_fraction"] == 0.005
+    kept = results.read(run / "result.failed-1.json")
+    assert kept["status"] == "failed" and kept["budget_fraction"] == 0.00001
+    # a completed run with other settings is still refused
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "optimizer.lr=0.5")
+    assert "holds a completed run made with other settings" in str(exit_.value.code)
+
+
+def test_a_sweeps_failed_job_is_replaced_by_the_fixed_relaunch(launch, tmp_path):
+    first = launch(*FAST, "dry_run=true", "max_failure_rate=1", "budget_fraction=0.005,2", multirun=True)
+    # a sweep's job records bad input in its result.json, so the sweep's summary counts it
+    assert [r["status"] for r in first] == ["dry_run", "failed"]
+    assert first[1]["error"].startswith("budget_fraction=2.0 must lie in (0, 1)")
+    again = launch(*FAST, "dry_run=true", "budget_fraction=0.005,0.01", multirun=True)
+    assert [r["status"] for r in again] == ["dry_run", "dry_run"] and again[1]["budget_fraction"] == 0.01
+    assert results.read(tmp_path / "sweep" / "1" / "result.failed-1.json")["budget_fraction"] == 2.0
+
+
+# --------------------------------------------------------------------------- an unreadable checkpoint never sticks
+
+
+def test_an_unreadable_resume_checkpoint_is_moved_aside_and_the_job_trains_from_scratch(launch, tmp_path, capsys):
+    # audit F12: random bytes (or half a file) in last.ckpt failed every relaunch with UnpicklingError
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"\xc0" + os.urandom(4096))
+    (r,) = launch(*FAST)
+    assert r["status"] == "completed" and r["resumed_from"] is None
+    aside = Path(r["discarded_checkpoint"])
+    assert aside.parent == last.parent and aside.name.startswith("last.ckpt.unreadable-") and aside.exists()
+    out = capsys.readouterr()
+    line = next(m for m in (out.out + out.err).splitlines() if "is unreadable" in m)
+    assert str(last) in line and str(aside) in line and "from scratch" in line and "ckpt_path=null" in line
+
+
+def test_a_truncated_checkpoint_reads_as_unreadable(tmp_path):
+    from pdspace.train import _checkpoint_step
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(64)}, "global_step": 7}, path)
+    assert _checkpoint_step(path) == (7, None)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    step, why = _checkpoint_step(path)
+    assert step is None and why.startswith(("RuntimeError", "EOFError", "UnpicklingError"))
+    torch.save([1, 2], path)
+    assert _checkpoint_step(path) == (None, "not a Lightning checkpoint")
+
+
+# --------------------------------------------------------------------------- a full or read-only disk: one line
+
+
+def test_the_atomic_writer_leaves_no_temp_file_when_the_write_fails(tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "result.json"
+    results.write(path, {"status": "running"})
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k)),
+                        raising=False)
+    with pytest.raises(OSError) as err:
+        results.write(path, {"status": "completed"})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)  # names the file, not its temp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]  # no 0-byte temp file
+    assert results.read(path)["status"] == "running"  # the old copy stands
+    assert results.disk_error(err.value) == (f"cannot write {path}: No space left on device; free space or choose "
+                                             "another hydra.run.dir")
+
+
+def _refuse_writes_under(root: Path, monkeypatch, code: int = errno.EROFS) -> None:
+    """Every write under `root` fails like a read-only (or full) file system: root ignores permission bits."""
+    import builtins
+    import io
+
+    real_open, real_io_open, real_os_open, real_mkdir = builtins.open, io.open, os.open, os.mkdir
+
+    def refuse(path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    def inside(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and str(Path(path).absolute()).startswith(str(root))
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_io_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_io_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if inside(path) and not Path(path).exists():
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_io_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_a_read_only_dir_is_one_line_naming_the_path(launch, tmp_path, monkeypatch, multirun):
+    # audit F10: an OSError traceback; tests run as root, which ignores permission bits: the failure is injected
+    (tmp_path / "run").mkdir()
+    _refuse_writes_under(tmp_path / ("sweep" if multirun else "run"), monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, *(["seed=0"] if multirun else []), multirun=multirun)
+    text = str(exit_.value.code)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    assert text.startswith(f"pdspace-train: error: cannot write {tmp_path / ('sweep' if multirun else 'run')}"), text
+    assert f"Read-only file system; choose another {key}" in text and "\n" not in text, text
+
+
+def test_a_full_disk_while_training_is_one_line_and_marks_the_run_failed(launch, tmp_path, monkeypatch):
+    # audit F11: the checkpoint's OSError was hidden by a traceback of the result.json write in `finally`
+    from pdspace.module import ResumeCheckpoint
+
+    def full(self, trainer):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path.with_name(".last.ckpt.tmp")))
+
+    monkeypatch.setattr(ResumeCheckpoint, "_save", full)
+    ckpt = tmp_path / "run" / "checkpoints" / ".last.ckpt.tmp"
+    expected = f"cannot write {ckpt}: No space left on device; free space or choose another hydra.run.dir"
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "checkpoint_every_n_steps=1")
+    assert str(exit_.value.code) == f"pdspace-train: error: {expected}"
+    r = results.read(tmp_path / "run" / "result.json")
+    assert r["status"] == "failed" and r["error"] == expected
+    # the disk fills up after the job's first write: its last result.json cannot be written either, and the line
+    # still names the first cause, with no traceback and no temp file
+    import builtins
+
+    opened = []
+
+    def full_after_one(file, mode="r", *args, **kwargs):
+        opened.append(file)
+        if len(opened) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(results, "open", full_after_one, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        launch(*FAST, "checkpoint_every_n_steps=1", "optimizer.lr=1e-3")
+    assert str(exit_.value.code) == f"pdspace-train: error: {expected}"
+    assert len(opened) == 3  # the running result, then the last one twice (the second time without its traceback)
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    assert results.read(tmp_path / "run" / "result.json")["status"] == "running"  # what the disk still holds

@@ -3,6 +3,7 @@ SQLite and PostgreSQL shared by parallel workers, resume after a kill, the study
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -91,6 +92,100 @@ def test_a_study_refuses_other_settings_on_relaunch(tmp_path):
         open_study(study_spec({**block, "search": "gp"}, tmp_path, "sst2", 3), create=True)
     with pytest.raises(ValueError, match="cannot prune"):
         study_spec({**block, "objectives": ["score", "trainable_params"]}, tmp_path, "sst2", 3)
+
+
+def test_zero_trials_are_refused_and_null_means_num_samples(tmp_path):
+    # audit A15: `trials or num_samples` read space.trials=0 as unset and ran 100 (or num_samples) trials
+    from pdspace.config import ConfigError, check_space
+
+    block = {"name": "S0", "search": "tpe", "num_samples": 7}
+    assert study_spec({**block, "trials": None}, tmp_path, "sst2", 3).trials == 7
+    assert study_spec({**block, "trials": 2}, tmp_path, "sst2", 3).trials == 2
+    with pytest.raises(ConfigError, match="space.trials=0 runs nothing"):
+        study_spec({**block, "trials": 0}, tmp_path, "sst2", 3)
+    for key, value in (("trials", 0), ("trials", -1), ("max_resource", 0), ("startup_trials", -1)):
+        with pytest.raises(ConfigError, match=rf"space.{key}={value} is not an integer"):
+            check_space({**block, "tasks": ["sst2"], "seeds": [0], key: value})
+
+
+def test_a_plain_postgresql_url_uses_the_installed_psycopg2(monkeypatch):
+    # audit A32: SQLAlchemy 2.1 maps postgresql:// to psycopg 3, while pdspace[postgres] installs psycopg2
+    import importlib.util
+
+    from pdspace.search.study import storage_url
+
+    real = importlib.util.find_spec
+    installed = {"psycopg2"}
+
+    def find_spec(name, *args, **kwargs):
+        if name in ("psycopg", "psycopg2"):
+            return object() if name in installed else None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert storage_url("postgresql://u:pw@host/db") == "postgresql+psycopg2://u:pw@host/db"
+    for url in ("postgresql+psycopg2://host/db", "postgresql+psycopg://host/db", "sqlite:///x.db",
+                "mysql://host/db"):
+        assert storage_url(url) == url
+    installed.add("psycopg")  # psycopg 3 there: SQLAlchemy's own choice works
+    assert storage_url("postgresql://host/db") == "postgresql://host/db"
+    installed.clear()
+    assert storage_url("postgresql://host/db") == "postgresql://host/db"
+
+
+def test_an_unreachable_storage_is_one_line_naming_the_redacted_url(tmp_path):
+    # audit A32b: a raw sqlalchemy OperationalError traceback
+    from pdspace.config import ConfigError
+
+    block = {"name": "S0", "search": "tpe", "trials": 2}
+    url = f"sqlite:///{tmp_path}/nosuchdir/study.db"
+    with pytest.raises(ConfigError) as err:
+        open_study(study_spec({**block, "storage": url}, tmp_path, "sst2", 3), create=True)
+    assert str(err.value).startswith(f"cannot open the study storage {url} (unable to open database file); check")
+    if importlib.util.find_spec("psycopg2") is None:
+        return
+    url = "postgresql+psycopg2://me:secret@127.0.0.1:1/db"  # nothing listens on port 1: refused at once
+    with pytest.raises(ConfigError) as err:
+        open_study(study_spec({**block, "storage": url}, tmp_path, "sst2", 3), create=True)
+    text = str(err.value)
+    assert "postgresql+psycopg2://me:***@127.0.0.1:1/db" in text and "secret" not in text and "\n" not in text
+    assert "check the host, database and credentials of space.storage" in text
+
+
+def test_the_study_report_and_the_search_name_the_same_best_design_among_ties(tmp_path):
+    """Seen with TPE + Hyperband: every trial scored 0.4688; the report named trial 0, the search another design.
+
+    One rule (pdspace.search.ordering) now decides both: higher mean, more runs, then the design id."""
+    import json
+
+    from pdspace.search.cli import best_design
+    from pdspace.search.study_report import study_report
+
+    ids = ["g3-1-1-1.alloc-decreasing.tune-0110.-|L|L|-", "g1-1-1-3.alloc-decreasing.tune-0110.-|P+L|L|-",
+           "g2-2-1-1.alloc-uniform.tune-1111.A|A|A|A"]
+    values = [0.4688, 0.4688, 0.25]
+    sweep = tmp_path / "sweep"
+    spec = study_spec({"name": "S0", "search": "tpe", "pruner": "hyperband", "trials": 3}, sweep, "synthetic_cls", 1)
+    sweep.mkdir()
+    study = open_study(spec, create=True)
+    for number, (design_id, value) in enumerate(zip(ids, values)):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: value},
+                                                  user_attrs={"design_id": design_id}))
+        design = Design.parse(design_id)
+        (sweep / str(number)).mkdir()
+        (sweep / str(number) / "result.json").write_text(json.dumps({
+            "status": "completed", "task": "synthetic_cls", "seed": 0, "design_id": design_id,
+            "design": design.to_dict(), "trial": {"number": number}, "objective": {"name": "accuracy", "value": value},
+            "metrics": {"per_epoch": [{"accuracy": value}]}}))
+    summary = study_report(spec, sweep)
+    found = results.read_all(results.sweep_paths(sweep))[0]
+    design, _ = best_design(found, DesignSpace(6, 4))
+    assert summary["best"]["design_id"] == str(design) == ids[1]  # the tie goes to the design id, not trial order
+    report = (sweep / "study_synthetic_cls.md").read_text()
+    assert f"**Best design: `{ids[1]}`**" in report
+    # the top-k table follows the same order: the tied pair by design id, then the weaker design
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "`g" in line][:3]
+    assert [r.split("`")[1] for r in rows] == [ids[1], ids[0], ids[2]]
 
 
 # --------------------------------------------------------------------------- a TPE + Hyperband study, end to end

@@ -155,3 +155,27 @@ def test_sweep_syntax_in_arguments_is_refused(launch):
     with pytest.raises(SystemExit) as exit_:
         launch("space=S0", "space.tasks=[synthetic_cls]", "seed=0,1", *FAST, multirun=True)
     assert "space sampler makes its own jobs" in str(exit_.value.code)
+
+
+def test_a_task_override_of_a_space_sweep_is_what_its_plan_says_and_its_jobs_train(launch, tmp_path):
+    # audit A51: with task=synthetic_cls, samples.yaml and the summary said sst2 (the space's task) while every job
+    # trained synthetic_cls; now space.tasks follows task= when space.tasks is not given
+    found = launch("space=S0", "space.num_samples=2", "task=synthetic_cls", *FAST, "dry_run=true", multirun=True)
+    plan = OmegaConf.load(tmp_path / "sweep" / PLAN_FILE)
+    assert [j.task for j in plan.jobs] == ["synthetic_cls"] * 2 and list(plan.space.tasks) == ["synthetic_cls"]
+    assert [r["task"] for r in found] == ["synthetic_cls"] * 2
+    assert list(OmegaConf.load(tmp_path / "sweep" / "multirun.yaml").space.tasks) == ["synthetic_cls"]
+    # given both, they must agree: one line, nothing planned
+    with pytest.raises(SystemExit) as exit_:
+        launch("space=S0", "space.num_samples=2", "task=synthetic_cls", "space.tasks=[synthetic_reg]", *FAST,
+               "dry_run=true", "hydra.sweep.dir=" + str(tmp_path / "other"), multirun=True)
+    assert "task=synthetic_cls conflicts with space.tasks=[synthetic_reg]" in str(exit_.value.code)
+    assert not (tmp_path / "other" / PLAN_FILE).exists()
+
+
+def test_every_job_of_a_multi_task_space_sweep_trains_its_own_task(launch):
+    # pdspace-search composes with task=<first task> beside space.tasks: that task= overrode every job's own
+    found = launch("space=S0", "space.num_samples=1", "space.tasks=[synthetic_cls,synthetic_reg]",
+                   "task=synthetic_cls", *FAST, "dry_run=true", multirun=True)
+    assert [(r["task"], r["config"]["task"]["name"]) for r in found] == [("synthetic_cls", "synthetic_cls"),
+                                                                        ("synthetic_reg", "synthetic_reg")]

@@ -71,6 +71,11 @@ def test_mask_forms_through_a_real_shell(tmp_path):
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not a number > 0; give e.g. optimizer.lr=5e-5"),
     (["peft.lora_rank=8"], "Key 'lora_rank' not in 'PeftConf'"),
     (["+peft.nosuch=1"], "Key 'nosuch' not in 'PeftConf'"),
+    (["+nosuchkey=1"], "nosuchkey: Key 'nosuchkey' not in 'TrainConf'"),
+    (["peft.sizes.lora_rank=0"], "peft.sizes.lora_rank=0 is not an integer >= 1"),
+    (["peft.sizes.lora_rank=abc"], "could not be converted to Integer"),
+    (["peft.sizes.rank=8"], "Key 'rank' not in 'SizesConf'"),
+    (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0 is not an integer >= 1"),
     (["data.batch_size=big"], "could not be converted to Integer"),
     (["grouping.colour=red"], "Key 'colour' not in 'DimensionConf'"),
     (["space=S0", "space.samples=3"], "Key 'samples' not in 'SpaceConf'"),
@@ -89,6 +94,26 @@ def test_bad_input_is_one_line_naming_the_fix(launch, overrides, message):
         launch("backbone=tiny-bert", "dry_run=true", *overrides)
     text = str(exit_.value.code)
     assert text.startswith("pdspace-train: error: ") and message in text and "\n" not in text, text
+
+
+def test_fixed_sizes_set_from_the_command_line_reach_the_model(launch):
+    # audit A54: peft.sizes={lora_rank: 8} (the README's example) and peft.sizes.lora_rank=8 were tracebacks
+    for override in ("peft.sizes={lora_rank: 8}", "peft.sizes.lora_rank=8", "+peft.sizes.lora_rank=8"):
+        (r,) = launch("backbone=tiny-bert", "strategy=lora", "dry_run=true", override)
+        sizes = [layer["sizes"] for layer in r["params"]["layers"] if layer["sizes"]]
+        assert sizes and all(s == {"L": 8} for s in sizes), (override, sizes)
+        assert r["config"]["peft"]["sizes"]["lora_rank"] == 8
+
+
+def test_unset_fixed_sizes_keep_the_fingerprint_of_results_written_before(launch):
+    from pdspace.config import differing_keys, fingerprint
+
+    (r,) = launch("backbone=tiny-bert", "dry_run=true")
+    assert r["config"]["peft"]["sizes"] == {"adapter_dim": None, "prefix_len": None, "lora_rank": None}
+    before = json.loads(json.dumps(r["config"]))
+    before["peft"]["sizes"] = None  # what a result.json of an older pdspace holds
+    assert fingerprint(before) == fingerprint(r["config"]) == r["fingerprint"]
+    assert differing_keys(before, r["config"]) == []
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -3,8 +3,8 @@
 With a `space:` block it samples designs (`pdspace.search.plans`); without one it sweeps the
 command line's values like Hydra's basic sweeper. Either way it numbers the jobs by their place
 in the sweep, skips jobs completed before with the same settings (resume), refuses a relaunch
-whose settings differ from what a job dir holds, and ends with a per-job summary, failing the
-sweep past `max_failure_rate`.
+whose settings differ from what a job dir holds (then `multirun.yaml` keeps the accepted sweep's
+config), and ends with a per-job summary, failing the sweep past `max_failure_rate`.
 """
 
 import logging
@@ -48,8 +48,9 @@ class PDSpaceSweeper(Sweeper):
 
         jobs, sweep_dir = plan_jobs(self.config, arguments, OverridesParser.create(
             config_loader=self.hydra_context.config_loader))
-        save_yaml(self.config, sweep_dir / "multirun.yaml")
-        return launch_plan(jobs, sweep_dir, self.config, self.launcher, self._job_config)
+        # only an accepted sweep replaces multirun.yaml (greedy and refine read it): a refused relaunch keeps the old
+        return launch_plan(jobs, sweep_dir, self.config, self.launcher, self._job_config,
+                           accepted=lambda: save_yaml(self.config, sweep_dir / "multirun.yaml"))
 
     def _job_config(self, overrides: list[str]) -> dict[str, Any]:
         """A job's composed config (what its result.json holds as `config`)."""

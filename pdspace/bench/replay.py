@@ -124,6 +124,9 @@ def setup(rows: Sequence[Mapping[str, Any]], task: str | None = None) -> Setup:
     if task not in tasks:
         raise SystemExit(f"pdspace-bench: error: choose a task with --task (the table has {', '.join(tasks)})")
     mine = [r for r in rows if r["task"] == task and r["status"] == "completed"]
+    if not mine:
+        raise SystemExit(f"pdspace-bench: error: the table has no completed run of task {task}; replay needs "
+                         "full-length curves")
     epochs = max(r["epochs"] for r in mine)
     recorded: dict[Design, Recorded] = {}
     for r in mine:
@@ -383,14 +386,52 @@ def found_markdown(s: Setup, found: Mapping[str, Mapping[int, list[str]]], budge
     return "\n".join(lines)
 
 
+def _error(message: str) -> SystemExit:
+    return SystemExit(f"pdspace-bench: error: {message}")
+
+
+def parse_budgets(text: str | None) -> list[int] | None:
+    """`--budgets 12,24`: positive integers (epochs); None for the default; raises SystemExit (one line)."""
+    if text is None:
+        return None
+    try:
+        budgets = [int(b) for b in text.split(",")]
+    except ValueError:
+        budgets = []
+    if not budgets or any(b < 1 for b in budgets):
+        raise _error(f"--budgets {text}: give comma-separated positive numbers of training epochs, e.g. "
+                     "--budgets 12,24,48")
+    return budgets
+
+
+def check_args(args: argparse.Namespace) -> list[int] | None:
+    """Refuse counts that replay nothing before the table is read; the budgets given (None: the default)."""
+    if args.repeats < 1:
+        raise _error(f"--repeats {args.repeats} replays nothing; give a positive number, e.g. --repeats 100")
+    if args.jobs is not None and args.jobs < 1:
+        raise _error(f"--jobs {args.jobs}: give a positive number of processes, or leave it out for every core")
+    for strategy in [x.strip() for x in args.strategies.split(",") if x.strip()] or [""]:
+        check_strategy(strategy)
+    return parse_budgets(args.budgets)
+
+
 def run(args: argparse.Namespace) -> None:
     """Replay, print the tables, write the files."""
     import json
     import os
 
     t0 = time.perf_counter()
-    s = setup(table_io.read(args.table), args.task)
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [s.epochs * k for k in (4, 8, 16, 32)]
+    budgets = check_args(args)
+    try:
+        rows = table_io.read(args.table)
+    except table_io.TableError as e:
+        raise _error(str(e)) from None
+    s = setup(rows, args.task)
+    budgets = budgets or [s.epochs * k for k in (4, 8, 16, 32)]
+    if min(budgets) < s.epochs:
+        raise _error(f"--budgets {args.budgets}: a budget below {s.epochs} epochs (one design of the table, trained "
+                     f"in full) finds nothing; give budgets >= {s.epochs}, e.g. --budgets {s.epochs * 4},"
+                     f"{s.epochs * 8}")
     strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
     found: dict[str, dict[int, list[str]]] = {}
     regrets = replay(s, strategies, budgets, args.repeats, args.seed, args.jobs or os.cpu_count() or 1, found)

@@ -67,19 +67,48 @@ def write(rows: Iterable[Mapping[str, Any]], out: str | Path) -> Path:
     return out
 
 
+class TableError(ValueError):
+    """A design table that is missing or cannot be read; the message names the file and the fix."""
+
+
+# the columns a reader of a table needs (replay groups runs by design and task, and reads their curves)
+NEEDED = ("design_id", "task", "status", "curve", "epochs")
+
+
 def read(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a table written by `write`."""
+    """The rows of a table written by `write`; raises `TableError` for a missing, garbled or foreign file."""
     path = Path(path)
+    fix = f"write one with `pdspace-bench table SWEEP_DIR --out {path}`"
+    if not path.is_file():
+        raise TableError(f"design table {path} does not exist; {fix}")
+    try:
+        rows = _read(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        reason = " ".join(str(e).split())[:200]
+        raise TableError(f"{path} is not a readable design table ({type(e).__name__}: {reason}); {fix}") from None
+    missing = sorted({c for r in rows[:1] for c in NEEDED if c not in r})
+    if missing:
+        raise TableError(f"{path} lacks the column(s) {', '.join(missing)} of a design table; {fix}")
+    if not rows:
+        raise TableError(f"{path} holds no runs; {fix}")
+    return rows
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    missing = [c for c in NEEDED if rows and c not in rows[0]]
+    if missing:
+        raise KeyError(f"no column {missing[0]!r}")
     ints, floats = ("seed", "trainable_params", "epochs"), ("budget_fraction", "fraction", "best", "train_s_per_epoch")
     for r in rows:
         r["curve"] = json.loads(r["curve"])
-        r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats if r[k] not in ("", "None")})
+        r.update({k: int(r[k]) for k in ints if k in r}, **{k: float(r[k]) for k in floats
+                                                            if r.get(k) not in (None, "", "None")})
     return rows
 
 

@@ -1,5 +1,8 @@
 """Where task rows come from: original GLUE TSVs, the Hugging Face hub, generated data or your own files.
 
+Errors about your own files name the keys a command-line user sets (`task.train`, `task.validation`,
+`task.text_fields`, `task.label_field`); from Python they are `files=` and `files_task(...)`'s arguments.
+
 Every row is a dict holding the task's text fields and its label under ``spec.label_field``: an
 int class id (classification), a float score (regression) or the target text (seq2seq).
 """
@@ -47,7 +50,11 @@ def load_rows(spec: TaskSpec | str, split: str, *, glue_dir: str | os.PathLike |
     if spec.source == "hub":
         return _hub(spec, split)
     if spec.source == "synthetic":
-        return _synthetic(spec, split, synthetic_size or SYNTHETIC_SIZE)
+        size = SYNTHETIC_SIZE if synthetic_size is None else synthetic_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise DataError(f"task.synthetic_size={synthetic_size!r} is not an integer >= 1; give e.g. "
+                            f"task.synthetic_size={SYNTHETIC_SIZE}, or null for the default ({SYNTHETIC_SIZE} rows)")
+        return _synthetic(spec, split, size)
     if spec.source == "files":
         return _files(spec, split, files)
     raise DataError(f"Task {spec.name!r} has unknown source {spec.source!r}; "
@@ -69,8 +76,16 @@ def _label(spec: TaskSpec, value: Any, where: str) -> int | float | str:
     if spec.kind == "regression" or not 0 <= label < spec.num_labels:
         words = f" or one of {list(spec.label_words)}" if spec.label_words else ""
         kind = "a number" if spec.kind == "regression" else f"a class id 0..{spec.num_labels - 1}{words}"
-        raise DataError(f"{where}: label {value!r} of task {spec.name!r} is not {kind}; fix the data or the TaskSpec.")
+        fix = ("fix the data, or set task.num_labels / task.label_words (task.kind=regression for scores)"
+               if spec.source == "files" else "fix the data or the TaskSpec")
+        raise DataError(f"{where}: label {value!r} of task {spec.name!r} is not {kind}; {fix}.")
     return label
+
+
+# how to fix a file's columns, by source
+_COLUMN_FIX = {"files": "Rename the columns or set task.text_fields=[...] and task.label_field=... to match "
+                        "(files_task(text_fields=, label_field=) in Python).",
+               "glue": "Replace the file with the original GLUE TSV."}
 
 
 def _rows(spec: TaskSpec, records: Iterable[Mapping[str, Any]], where: str,
@@ -83,8 +98,8 @@ def _rows(spec: TaskSpec, records: Iterable[Mapping[str, Any]], where: str,
         # None: a short CSV line or a JSON null, as unusable as an absent column
         missing = [c for c in (*columns.values(), label_column) if rec.get(c) is None]
         if missing:
-            raise DataError(f"{where} row {i + 1}: missing column(s) {missing}; found {list(rec)}. "
-                            "Rename the columns or pass matching text_fields/label_field to files_task().")
+            fix = _COLUMN_FIX.get(spec.source, "The dataset lacks the task's columns; check the task's name.")
+            raise DataError(f"{where} row {i + 1}: missing column(s) {missing}; found {list(rec)}. {fix}")
         rows.append({**{f: str(rec[c]) for f, c in columns.items()},
                      spec.label_field: _label(spec, rec[label_column], f"{where} row {i + 1}")})
     return rows
@@ -100,10 +115,10 @@ def glue_path(spec: TaskSpec, split: str, glue_dir: str | os.PathLike) -> Path:
 def _glue_tsv(spec: TaskSpec, split: str, glue_dir: Path) -> list[dict[str, Any]]:
     folder, names, columns, label_column = _GLUE_TSV[spec.name]
     path = glue_path(spec, split, glue_dir)
-    stem = path.stem
     if not path.is_file():
-        raise DataError(f"GLUE task {spec.name!r}: {path} does not exist. Set GLUE_DIR (or glue_dir) to the folder "
-                        f"holding the original GLUE TSVs ({folder}/train.tsv, {folder}/{stem}.tsv, ...).")
+        dev = glue_path(spec, "validation", glue_dir).name
+        raise DataError(f"GLUE task {spec.name!r}: {path} does not exist. Set GLUE_DIR (or task.glue_dir) to the "
+                        f"folder holding the original GLUE TSVs ({folder}/train.tsv, {folder}/{dev}, ...).")
     # utf-8-sig: MRPC's header is copied from the MSR files, which start with a byte-order mark
     with path.open(encoding="utf-8-sig", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -170,12 +185,13 @@ def _synthetic(spec: TaskSpec, split: str, size: int) -> list[dict[str, Any]]:
 
 
 def _files(spec: TaskSpec, split: str, files: Mapping[str, str | os.PathLike] | None) -> list[dict[str, Any]]:
-    if not files or split not in files:
-        raise DataError(f"Task {spec.name!r} reads your files, but no {split!r} file was given; "
-                        f"pass files={{'train': 'train.csv', 'validation': 'dev.csv'}}.")
+    key = f"task.{split}"  # what a command-line user sets; files={split: ...} in Python
+    if not files or split not in files or files[split] is None:
+        raise DataError(f"Task {spec.name!r} reads your files, but no {split!r} file was given; set {key}=PATH "
+                        "(a CSV/TSV or JSONL file).")
     path = Path(files[split])
     if not path.is_file():
-        raise DataError(f"Task {spec.name!r}: {split} file {path} does not exist; fix the path in files=.")
+        raise DataError(f"Task {spec.name!r}: {split} file {path} does not exist; fix the path in {key}=PATH.")
     suffix = path.suffix.lower()
     with path.open(encoding="utf-8-sig", newline="") as f:
         if suffix in (".csv", ".tsv"):
@@ -189,7 +205,8 @@ def _files(spec: TaskSpec, split: str, files: Mapping[str, str | os.PathLike] | 
             except json.JSONDecodeError as e:
                 raise DataError(f"Task {spec.name!r}: {path} is not valid JSON/JSONL ({e}); fix the file.") from e
         else:
-            raise DataError(f"Task {spec.name!r}: {path} has suffix {suffix!r}; use .csv, .tsv, .jsonl or .json.")
+            raise DataError(f"Task {spec.name!r}: {path} has suffix {suffix!r}; use .csv, .tsv, .jsonl or .json "
+                            f"in {key}=PATH.")
     if not records:
-        raise DataError(f"Task {spec.name!r}: {path} holds no rows; fill it or point files= elsewhere.")
+        raise DataError(f"Task {spec.name!r}: {path} holds no rows; fill it or point {key}=PATH elsewhere.")
     return _rows(spec, records, str(path))

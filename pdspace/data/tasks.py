@@ -153,7 +153,8 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
         if name.replace("_", "") == key:
             return spec
     raise DataError(f"Unknown task {task!r}. Known tasks: {', '.join(TASKS)}; "
-                    "for your own data pass files_task(...) instead.")
+                    "for your own data use task=files with task.train=PATH and task.validation=PATH "
+                    "(files_task(...) in Python).")
 
 
 def task_spec(task: Mapping[str, Any]) -> TaskSpec:

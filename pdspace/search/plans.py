@@ -8,6 +8,7 @@ trained and failed: otherwise a sweep would compare options on different subsets
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -17,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pdspace.config import ConfigError, plain
+from pdspace.config import ConfigError, fixed_sizes, plain
 from pdspace.design.space import (
     ALLOCATIONS,
     GROUPING_PATTERNS,
@@ -198,7 +199,7 @@ def design_check(model: Any, budget_fraction: float | None, peft: Mapping[str, A
     from pdspace.peft.patch import count_params, layer_costs
 
     peft = plain(peft) or {}
-    if peft.get("full_finetune") or peft.get("sizes"):
+    if peft.get("full_finetune") or fixed_sizes(peft.get("sizes")):
         return lambda design: None  # nothing to solve
     # the strategy options change costs (e.g. a second adapter, a reparameterised prefix)
     options = {k: v for k, v in peft.items() if k not in ("full_finetune", "sizes", "train_head")}
@@ -238,5 +239,12 @@ def save_yaml(data: Any, path: Path) -> None:
     """Write a config as YAML atomically (two sweeps launched into one dir at once both write it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    OmegaConf.save(data if OmegaConf.is_config(data) else OmegaConf.create(data), tmp)
-    tmp.replace(path)
+    try:
+        OmegaConf.save(data if OmegaConf.is_config(data) else OmegaConf.create(data), tmp)
+        tmp.replace(path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk leaves no empty temp file behind
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(path)) from e  # the file the user knows, not its temp
+        raise

@@ -156,7 +156,9 @@ def study_spec(block: Mapping[str, Any], sweep_dir: str | Path, task: str, max_e
     if len(objectives) > 1 and pruner != "none":
         raise ConfigError("a multi-objective study cannot prune (Optuna's pruners compare one value); "
                           "set space.pruner=none or one objective")
-    trials = int(block.get("trials") or block.get("num_samples") or 0)
+    # null: one trial per num_samples; 0 is refused, never read as "unset"
+    trials = block.get("trials")
+    trials = int(block.get("num_samples") or 0) if trials is None else int(trials)
     if trials < 1:
         raise ConfigError(f"space.trials={trials} runs nothing; give a positive number, e.g. space.trials=20")
     storage = block.get("storage") or f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}"
@@ -191,13 +193,38 @@ def make_pruner(spec: StudySpec) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def storage_url(url: str) -> str:
+    """The SQLAlchemy URL to open for `space.storage`.
+
+    A plain `postgresql://` URL becomes `postgresql+psycopg2://` where psycopg2 is importable and
+    psycopg (3) is not: SQLAlchemy 2.1 maps plain `postgresql://` to psycopg 3, while
+    `pdspace[postgres]` installs psycopg2. Any other URL (and one naming its driver) passes unchanged."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is not None \
+            and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def _storage(url: str) -> Any:
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
-    if url.startswith("sqlite"):
-        # several workers on one SQLite file: wait for the lock instead of failing at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+    url = storage_url(url)
+    # several workers on one SQLite file: wait for the lock instead of failing at once
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as e:
+        raise ConfigError(f"space.storage={redact(url)}: no database driver for it ({e}); install one, e.g. "
+                          "pip install 'pdspace[postgres]' for postgresql+psycopg2://") from None
+    except SQLAlchemyError as e:
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        fix = ("check that its folder exists and is writable" if url.startswith("sqlite") else
+               "check the host, database and credentials of space.storage")
+        raise ConfigError(f"cannot open the study storage {redact(url)} ({reason}); {fix}, or drop space.storage "
+                          "for SQLite in the sweep dir") from None
 
 
 def open_study(spec: StudySpec, *, seed: int = 0, create: bool = False, storage: Any = None) -> Any:

@@ -1,5 +1,14 @@
 """A multirun's life in the pdspace sweeper: plan the jobs, skip the done ones, refuse changed settings,
-launch the rest through any Hydra launcher, summarise, and fail past the allowed failure rate."""
+launch the rest through any Hydra launcher, summarise, and fail past the allowed failure rate.
+
+A space sweep trains the tasks of `space.tasks`, each job its own. A `task=` on the command line
+only composes the sweep's config (so that task-specific keys such as `task.synthetic_size` exist):
+with `space.tasks` given too it must be one of them, else the sweep is refused with one line;
+without it, `space.tasks` follows it (`task=X` sweeps X, not the space file's tasks).
+
+`multirun.yaml` (the sweep's config, which greedy and refine read) is written only once the
+sweep is accepted: a refused relaunch leaves the old one in place.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +58,12 @@ def plan_jobs(config: Any, arguments: Sequence[str], parser: Any) -> tuple[list[
     if swept:
         raise ConfigError(f"the space sampler makes its own jobs; instead of {swept} set space.tasks=[..], "
                           "space.seeds=[..] or space.num_samples")
+    arguments = space_tasks(config, parsed, arguments)
     num_layers, check = budget_check(config.backbone, config.budget_fraction, config.get("peft"))
     specs = study_specs(config, sweep_dir)
+    for spec in specs.values():
+        if spec.uses_study():
+            open_study(spec, create=True)  # first: an unreachable storage is refused before anything is written
     first = next(iter(specs.values()))
     if first.search != "random":
         jobs = study_jobs(block, specs, sweep_dir, num_layers, arguments)
@@ -64,10 +77,31 @@ def plan_jobs(config: Any, arguments: Sequence[str], parser: Any) -> tuple[list[
         slot = (lambda j: [f"+labels.trial_slot={j.idx}"]) if first.uses_study() else (lambda j: [])
         jobs = [SweepJob(j.idx, j.overrides() + slot(j) + list(arguments), f"{j.task} {j.design}")
                 for j in plan.jobs]
-    for spec in specs.values():
-        if spec.uses_study():
-            open_study(spec, create=True)
     return jobs, sweep_dir
+
+
+def space_tasks(config: Any, parsed: Sequence[Any], arguments: Sequence[str]) -> list[str]:
+    """Reconcile a command-line `task=` with `space.tasks` (see the module docstring); the arguments every job
+    gets (without `task=`: each job pins its own task, which a later `task=` would override)."""
+    from omegaconf import OmegaConf, read_write
+
+    chosen = [o for o in parsed if o.key_or_group == "task" and not o.is_delete()]
+    if not chosen:
+        return list(arguments)
+    task = str(chosen[-1].value())
+    tasks = [str(t) for t in config.space.tasks]
+    given = any(o.key_or_group == "space.tasks" for o in parsed)
+    if given and task not in tasks:
+        raise ConfigError(f"task={task} conflicts with space.tasks=[{','.join(tasks)}]: a space sweep trains the tasks "
+                          f"in space.tasks; set space.tasks=[{task}] (or add {task} to it)")
+    rest = [a for a, o in zip(arguments, parsed) if o not in chosen]
+    if given:
+        return rest
+    if tasks != [task]:
+        log.info("space.tasks=[%s]: it follows task=%s (the space lists [%s])", task, task, ",".join(tasks))
+        with read_write(config):
+            OmegaConf.update(config, "space.tasks", [task])
+    return [*rest, f"space.tasks=[{task}]"]
 
 
 def study_specs(config: Any, sweep_dir: Path) -> dict[str, StudySpec]:
@@ -107,9 +141,11 @@ def study_jobs(block: Any, specs: dict[str, StudySpec], sweep_dir: Path, num_lay
     return jobs
 
 
-def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher: Any,
-                job_config: Callable[[list[str]], dict[str, Any]]) -> list[Any]:
-    """Launch the jobs not completed before (refusing dirs that hold other settings); summarise; check failures."""
+def pending_jobs(jobs: Sequence[SweepJob], sweep_dir: Path,
+                 job_config: Callable[[list[str]], dict[str, Any]]) -> list[SweepJob]:
+    """The jobs to launch: not completed before, not running elsewhere; raises `ConfigError` when a job dir holds
+    a completed, running, interrupted or pruned run made with other settings (a failed or dry one is replaced:
+    the job keeps it aside as result.failed-<n>.json and runs)."""
     pending, refused, done, busy = [], [], 0, 0
     for job in jobs:
         job_dir = sweep_dir / str(job.idx)
@@ -120,7 +156,8 @@ def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher
             prior = results.read(job_dir / results.RESULT_FILE) if (job_dir / results.RESULT_FILE).exists() else None
         except results.ResultError:
             prior = None
-        if prior is not None and prior["status"] != "dry_run" and isinstance(prior.get("config"), dict):
+        compared = prior is not None and prior["status"] not in results.REPLACEABLE_STATUSES
+        if compared and isinstance(prior.get("config"), dict):
             new = job_config(job.overrides)
             if fingerprint(prior["config"]) != fingerprint(new):
                 refused.append(f"job {job.idx}: {'; '.join(differing_keys(prior['config'], new)[:6])}")
@@ -135,6 +172,18 @@ def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher
                           "settings to resume, or choose a new hydra.sweep.dir")
     log.info("sweep %s: %d jobs, %d completed before, %d running elsewhere, launching %d", sweep_dir, len(jobs),
              done, busy, len(pending))
+    return pending
+
+
+def launch_plan(jobs: Sequence[SweepJob], sweep_dir: Path, config: Any, launcher: Any,
+                job_config: Callable[[list[str]], dict[str, Any]],
+                accepted: Callable[[], None] | None = None) -> list[Any]:
+    """Launch the jobs not completed before (refusing dirs that hold other settings); summarise; check failures.
+
+    `accepted()` runs once the sweep is accepted, before any job (the sweeper writes multirun.yaml there)."""
+    pending = pending_jobs(jobs, sweep_dir, job_config)
+    if accepted is not None:
+        accepted()
     returns = launcher.launch([j.overrides for j in pending], initial_job_idx=0) if pending else []
     limit = config.space.get("max_failure_rate") if config.get("space") else None
     try:
