@@ -486,9 +486,13 @@ class ResumeCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         self._last_step = trainer.global_step
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            tmp.replace(self.path)
+        try:
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                tmp.replace(self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half checkpoint behind; last.ckpt stays as it was
+            raise
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -423,3 +423,20 @@ def test_a_full_disk_while_training_is_one_line_and_marks_the_run_failed(launch,
     assert len(opened) == 3  # the running result, then the last one twice (the second time without its traceback)
     assert not list((tmp_path / "run").glob(".*.tmp"))
     assert results.read(tmp_path / "run" / "result.json")["status"] == "running"  # what the disk still holds
+
+
+def test_a_failed_resume_checkpoint_write_leaves_no_temp_file(tmp_path):
+    from pdspace.module import ResumeCheckpoint
+
+    class Trainer:
+        global_step, is_global_zero = 3, True
+
+        def save_checkpoint(self, path):
+            Path(path).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"old")
+    with pytest.raises(OSError):
+        ResumeCheckpoint(last, 1)._save(Trainer())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"] and last.read_bytes() == b"old"
