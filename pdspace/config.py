@@ -484,7 +484,7 @@ def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
 
 
 def _omegaconf_line(err: Any, context: str) -> str:
-    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
     key = getattr(err, "full_key", None) or "?"
     message = str(err).splitlines()[0].strip()
@@ -492,7 +492,7 @@ def _omegaconf_line(err: Any, context: str) -> str:
     where = m.group(1) if m else key
     if isinstance(err, MissingMandatoryValue):
         return f"{key} has no value; set {key}=..."
-    if isinstance(err, ConfigKeyError):
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):  # a new key: Key ... not in struct
         known = _known_keys(err)
         return f"{where}: {message}" + (f"; known keys: {', '.join(known)}" if known else "") + \
             " (add a new key with +key=value only where a block is free-form)"

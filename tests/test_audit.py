@@ -66,6 +66,11 @@ ROWS = [
     ("A54d", "pdspace-train", ["+peft.sizes.lora_rank=8", "strategy=lora", *B, "dry_run=true"], 0, "lora_rank=8"),
     ("A54e", "pdspace-train", ["+peft.sizes.lora_rnak=8", "strategy=lora", *B], 1,
      "peft.sizes.lora_rnak: not a module size; use adapter_dim, prefix_len, lora_rank", NOTHING),
+    # ------------------------------------------------------------------ options added since the audit
+    ("L01", "pdspace-train", ["optimizer.lr_scale.X=2", *B], 1,
+     "optimizer.lr_scale.X: Key 'X' is not in struct; known keys: A, B, I, L, P, backbone, head", NOTHING),
+    ("L02", "pdspace-train", ["optimizer.lr_scale.P=-1", *B], 1, "optimizer.lr_scale.P=-1 is not a number > 0",
+     NOTHING),
     ("A32", "pdspace-train", [*SPACE, "space.search=tpe", "space.trials=2",
                               "space.storage=postgresql://127.0.0.1:1/db"], 1, POSTGRES),
     ("A32b", "pdspace-train", [*SPACE, "space.search=tpe", "space.trials=2",
@@ -110,6 +115,12 @@ ROWS = [
      "{tmp}/nockpt/best_trainable.pt is missing (it was trained with save_checkpoint=false); export needs it: train "
      "the run again with save_checkpoint=true"),
     ("E05", "pdspace-export", ["{tmp}/nosuchrun", "{tmp}/export/E05"], 1, "{tmp}/nosuchrun/result.json"),
+    ("S02", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--strategy", "random", "--trials", "0",
+                               "--samples", "2", *B[:1]], 1, "--trials 0 trains nothing; give a positive number"),
+    ("S09", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--strategy", "tpe", "--trials", "-1",
+                               *B[:1]], 1, "--trials -1 trains nothing; give a positive number, e.g. --trials 20"),
+    ("S14", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--confirm-k", "-1", *B[:1]], 1,
+     "--confirm-k -1 is negative; give the number of designs to confirm"),
     ("P01", "pdspace-report", ["{tmp}/emptydir"], 2, "no result.json found under {tmp}/emptydir"),
     ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 2, "{tmp}/nosuchdir does not exist"),
 ]
@@ -150,7 +161,7 @@ def _run(prog: str, args: list[str], tmp: Path, monkeypatch, capsys) -> tuple[in
                 train.main()
     else:
         module = {"pdspace-bench": "pdspace.bench.__main__", "pdspace-export": "pdspace.export",
-                  "pdspace-report": "pdspace.report"}[prog]
+                  "pdspace-report": "pdspace.report", "pdspace-search": "pdspace.search.cli"}[prog]
         main = __import__(module, fromlist=["main"]).main
 
         def call() -> None:
@@ -191,7 +202,7 @@ def test_audit_row(row, tmp_path, monkeypatch, capsys):
 
 def test_the_table_covers_every_fixed_case():
     fixed = {"A15", "A15b", "A23", "A48", "A51", "A54", "A54b", "A54c", "A54d", "A32", "A32b", "A25", "A26", "A27",
-             "A30", "B01", "B02", "B03", "B04", "B06", "B08", "E02"}
+             "A30", "B01", "B02", "B03", "B04", "B06", "B08", "E02", "S02", "S09"}
     assert fixed <= {r[0] for r in ROWS}
     assert len({r[0] for r in ROWS}) == len(ROWS)
     json.dumps(ROWS)  # plain data: a later option adds a row, nothing else
