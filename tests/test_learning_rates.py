@@ -75,7 +75,7 @@ def test_a_bad_scale_is_one_line_naming_the_key(scale, message):
 def test_a_run_records_each_groups_learning_rate_and_its_predictions(launch):
     (r,) = launch("backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=2", "task.max_train_samples=32",
                   "task.max_eval_samples=20", "data.batch_size=16", "strategy.choice=[P,L,A,B]",
-                  "optimizer.lr=1e-3", "optimizer.lr_scale.P=10")
+                  "optimizer.lr=1e-3", "optimizer.lr_scale.P=10", "optimizer.lr_scale.L=1")
     groups = r["optimizer"]["groups"]
     assert r["optimizer"]["lr"] == 1e-3 and groups["P"]["lr"] == pytest.approx(1e-2) and groups["L"]["lr"] == 1e-3
     assert sum(g["params"] for name, g in groups.items() if name != "head") == r["params"]["trainable_params"]
