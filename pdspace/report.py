@@ -332,6 +332,11 @@ def _label(row: Row) -> list[str]:
     return [row.method, row.backbone, "" if row.design == row.method else row.design]
 
 
+def md_row(cells: Sequence[str]) -> str:
+    """One markdown table row; a `|` inside a cell (design ids: `A|P|B|L`) is escaped, so it splits no cell."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows of the markdown table (cells marked * / ** against their column's best)."""
     header = ["method", "backbone", "design", "trainable %", *report.tasks, "average"]
@@ -375,7 +380,7 @@ def significance_table(report: Report) -> str:
     if report.bad_predictions:
         notes.append(f"Unusable {stats.PREDICTIONS_FILE}: {report.bad_predictions} runs (unreadable, or not "
                      "reproducing the run's objective); their rows get the seed test only.")
-    return "\n".join(["| " + " | ".join(cells) + " |" for cells in lines] + [""] + notes) + "\n"
+    return "\n".join([md_row(cells) for cells in lines] + [""] + notes) + "\n"
 
 
 def footnotes(report: Report) -> list[str]:
@@ -394,7 +399,7 @@ def to_markdown(report: Report) -> str:
     """The table as markdown, with its footnotes."""
     header, body = table_rows(report)
     align = ["---", "---", "---"] + ["---:"] * (len(header) - 3)
-    lines = ["| " + " | ".join(cells) + " |" for cells in (header, align, *body)]
+    lines = [md_row(cells) for cells in (header, align, *body)]
     significance = significance_table(report)
     return "\n".join(lines + [""] + footnotes(report)) + "\n" + ("\n" + significance if significance else "")
 

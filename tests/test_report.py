@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,7 +185,7 @@ Excluded: 2 failed of 12 runs (not completed).
 | average | {D} | t5-base |  | 1 | -29.00 | n < 2 | n < 2 |  |
 
 {tests}
-""".format(note=report.NOTE, D=D, tests=report.TESTS_NOTE.format(n_boot=2000))
+""".format(note=report.NOTE, D=D.replace("|", "\\|"), tests=report.TESTS_NOTE.format(n_boot=2000))  # escaped in markdown
 
 EXPECTED_CSV = f"""\
 method,backbone,design,trainable_pct,\
@@ -211,8 +212,9 @@ def test_report_method_key_and_a_single_result_file(runs, capsys):
     lines = capsys.readouterr().out.splitlines()
     # rows by seed and design: seed 0 has an rte run of adapter and (another design) the sst2 run of full FT
     assert lines[2].startswith("| 0 | t5-base | full | 100.000 | 95.0 (n=1) | – | – |")
-    assert lines[3].startswith(f"| 0 | t5-base | {D} | 0.500 | – | 70.0 (n=1) | – |")
-    assert lines[4].startswith(f"| 1 | t5-base | {D} | 0.500 | – | 72.0 (n=1) | – |")
+    md_d = D.replace("|", "\\|")  # a | inside a markdown cell is escaped
+    assert lines[3].startswith(f"| 0 | t5-base | {md_d} | 0.500 | – | 70.0 (n=1) | – |")
+    assert lines[4].startswith(f"| 1 | t5-base | {md_d} | 0.500 | – | 72.0 (n=1) | – |")
 
 
 def test_one_preset_swept_over_designs_gives_one_row_per_design(tmp_path, capsys):
@@ -446,3 +448,12 @@ def test_a_mark_needs_a_worse_row_and_every_test_to_agree():
     assert report.Comparison(3, -1.0, p_t=0.04).mark == "*"
     assert report.Comparison(3, 1.0, p_t=0.001, p_boot=0.001).mark == ""  # better than the best on shared seeds
     assert report.Comparison(1, -5.0).mark == ""
+
+
+def test_a_design_id_does_not_split_a_markdown_cell():
+    r = {"status": "completed", "task": "sst2", "backbone": "t5-base", "design_id": D, "method": "s4",
+         "objective": {"name": "accuracy", "value": 0.9}, "params": {"fraction": 0.005}}
+    lines = [line for line in report.to_markdown(report.build([r])).splitlines() if line.startswith("| s4 ")]
+    header = report.to_markdown(report.build([r])).splitlines()[0]
+    # a GFM table splits cells at every | not escaped
+    assert lines and all(len(re.split(r"(?<!\\)\|", line)) == len(re.split(r"(?<!\\)\|", header)) for line in lines)

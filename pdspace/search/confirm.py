@@ -199,6 +199,7 @@ def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Seq
     """confirm_report.md: the found design, the ranking of the candidates, and the results table with the
     baselines (`pdspace.report`: mean ± std over the seeds and what significance it computes)."""
     from pdspace import report as report_mod
+    from pdspace.report import md_row
 
     labels = {e.label for e in rows}
     mine = [r for r in found if str(r.get("method")) in labels]
@@ -213,13 +214,14 @@ def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Seq
           + " of the search in its final space (by pdspace's rule: more tasks, higher mean, more runs, design id) "
           "and the uniform baselines at the same budget and settings, each trained over the same seeds; the found "
           "design is the candidate with the best mean here (same rule).", "",
-          "| rank | method | design | search mean (runs) | confirmation mean ± std (runs) |", "|---|---|---|---|---|"]
+          md_row(["rank", "method", "design", "search mean (runs)", "confirmation mean ± std (runs)"]),
+          "|---|---|---|---|---|"]
     order = sorted(candidates.values(), key=_key)
     for i, c in enumerate(order, 1):
-        md.append(f"| {i} | {c['label']}{' (found)' if c['label'] == winner else ''} | `{c['design_id']}` | "
-                  f"{_fmt(c['search']['score'])} ({c['search']['runs']}) | {_mean_std(c)} ({c['runs']}) |")
+        md.append(md_row([str(i), c["label"] + (" (found)" if c["label"] == winner else ""), c["design_id"],
+                          f"{_fmt(c['search']['score'])} ({c['search']['runs']})", f"{_mean_std(c)} ({c['runs']})"]))
     for b in baselines.values():
-        md.append(f"| - | {b['label']} | `{b['design_id']}` | - | {_mean_std(b)} ({b['runs']}) |")
+        md.append(md_row(["-", b["label"], b["design_id"], "-", f"{_mean_std(b)} ({b['runs']})"]))
     md += ["", "Results table (objective × 100):", "", table]
     if skipped:
         md += ["Baselines the budget cannot build (left out): "
