@@ -22,7 +22,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import statistics
 import sys
 import warnings
@@ -38,7 +37,7 @@ from pdspace import stats
 from pdspace.data.tasks import DataError, get_task, task_spec
 from pdspace.results import RESULT_FILE
 from pdspace.search.ordering import rank_key
-from pdspace.tracking import wandb_mode
+from pdspace.tracking import log_report
 
 MISSING = "–"
 # the paper's column order (GLUE as in its tables); other tasks follow alphabetically
@@ -376,9 +375,9 @@ def significance_table(report: Report) -> str:
     notes = [TESTS_NOTE.format(n_boot=report.n_boot)]
     if report.seed_test_only:
         notes.append(f"Seed test only ({MISSING} under p (bootstrap)) for {report.seed_test_only} comparisons: "
-                     f"the two rows lack {stats.PREDICTIONS_FILE} for the same seeds and examples.")
+                     f"the two rows lack {results_io.PREDICTIONS_FILE} for the same seeds and examples.")
     if report.bad_predictions:
-        notes.append(f"Unusable {stats.PREDICTIONS_FILE}: {report.bad_predictions} runs (unreadable, or not "
+        notes.append(f"Unusable {results_io.PREDICTIONS_FILE}: {report.bad_predictions} runs (unreadable, or not "
                      "reproducing the run's objective); their rows get the seed test only.")
     return "\n".join([md_row(cells) for cells in lines] + [""] + notes) + "\n"
 
@@ -437,16 +436,10 @@ def to_csv(report: Report) -> str:
 
 def log_wandb(report: Report) -> None:
     """Log the table to a W&B run (mode from $WANDB_MODE or the API key); a failure only warns."""
-    try:
-        import wandb
-
-        header, body = table_rows(report)
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "pdspace"), job_type="report", name="report",
-                         mode=wandb_mode(None), reinit="create_new")
-        run.log({"report/table": wandb.Table(columns=header, data=body)})
-        run.finish()
-    except Exception as e:  # noqa: BLE001 - W&B is a mirror; the table on stdout and disk is the result
-        warnings.warn(f"W&B logging of the report failed ({type(e).__name__}: {e})", stacklevel=2)
+    header, body = table_rows(report)
+    log_report("report", "report", lambda run, wandb: run.log({"report/table": wandb.Table(columns=header,
+                                                                                          data=body)}),
+               what="the report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import numpy as np
 from scipy import stats as sps
 
 from pdspace.data.tasks import TaskSpec, get_task
-from pdspace.results import PREDICTIONS_FILE
 # elements of one gathered (replicates, seeds, examples) block: bounds a bootstrap's memory (~32 MB of int64)
 _CHUNK_ELEMENTS = 4_000_000
 

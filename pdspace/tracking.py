@@ -10,6 +10,7 @@ import netrc
 import os
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,24 @@ def finish(loggers: list[Any], status: str) -> None:
                 wandb.finish(exit_code=1 if bad else 0)
         else:
             lg.finalize("failed" if bad else "success")
+
+
+def log_report(job_type: str, name: str, fill: Callable[[Any, Any], None], *, what: str,
+               sweep: Path | None = None, config: dict[str, Any] | None = None) -> None:
+    """One W&B run of a report (pdspace-report, a study's report, a refinement): `fill(run, wandb)` logs into
+    it; `what` names it in a warning. The mode as for jobs; grouped under the sweep dir's name, if any. A failure only warns: W&B mirrors the
+    files on disk, which are the result."""
+    try:
+        import wandb
+
+        where = {"group": sweep.resolve().name, "dir": str(sweep)} if sweep is not None else {}
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "pdspace"), job_type=job_type, name=name,
+                         mode=wandb_mode(None), reinit="create_new", config=config or {}, **where)
+        fill(run, wandb)
+        run.finish()
+    except Exception as e:  # noqa: BLE001 - W&B is a mirror
+        warnings.warn(f"W&B logging of {what} failed ({type(e).__name__}: {e}); the files on disk "
+                      "stand", stacklevel=2)
 
 
 def quiet() -> None:

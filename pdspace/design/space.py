@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -85,6 +86,27 @@ def strategy_sets(letters: str | None = None) -> tuple[str, ...]:
 
 def _subsets(pool: str) -> tuple[str, ...]:
     return tuple("".join(c) for k in range(1, len(pool) + 1) for c in itertools.combinations(pool, k))
+
+
+def mask_text(mask: Iterable[bool]) -> str:
+    """A tunable mask as its 0/1 string ('1101')."""
+    return "".join("1" if t else "0" for t in mask)
+
+
+DIMENSIONS = ("grouping", "allocation", "tunable", "strategy_g<k>")
+
+
+def parse_dimension(name: str, num_groups: int | None = None) -> tuple[str, int | None]:
+    """A dimension name as (dimension, group): ('grouping', None) ... ('strategy', k) for 'strategy_gk'
+    (k from 1, at most `num_groups` when given); ValueError naming the known ones otherwise."""
+    if name in ("grouping", "allocation", "tunable"):
+        return name, None
+    m = re.fullmatch(r"strategy_g([1-9]\d*)", str(name))
+    if m and (num_groups is None or int(m.group(1)) <= num_groups):
+        return "strategy", int(m.group(1))
+    last = f"strategy_g{num_groups}" if num_groups else "strategy_gG"
+    raise ValueError(f"unknown dimension {name!r}; use grouping, allocation, tunable or strategy_g1 ... {last} "
+                     "(one group's strategy set)")
 
 
 def _parse_mask(value: str | int | Sequence[bool] | Sequence[int], num_groups: int | None = None) -> tuple[bool, ...]:
@@ -172,10 +194,20 @@ class Design:
         """Group index of every layer."""
         return [g for g, n in enumerate(self.groups) for _ in range(n)]
 
+    @property
+    def mask(self) -> str:
+        """The tuned groups as a 0/1 string, one digit per group ('1101')."""
+        return mask_text(self.tunable)
+
+    def choices(self) -> dict[str, Any]:
+        """The four dimensions' `choice` values that pin exactly this design (a preset's or a job's overrides);
+        an untuned group's strategies do not matter, so they read 'any' (the design blanks them)."""
+        return {"grouping": list(self.groups), "allocation": self.allocation, "tunable": self.mask,
+                "strategy": [s or "any" for s in self.strategies]}
+
     def __str__(self) -> str:
         strat = "|".join("+".join(s) if s else "-" for s in self.strategies)
-        mask = "".join("1" if t else "0" for t in self.tunable)
-        return f"g{'-'.join(map(str, self.groups))}.alloc-{self.allocation}.tune-{mask}.{strat}"
+        return f"g{'-'.join(map(str, self.groups))}.alloc-{self.allocation}.tune-{self.mask}.{strat}"
 
     @classmethod
     def parse(cls, text: str) -> Design:
@@ -385,7 +417,7 @@ class ChoiceConstraint(Constraint):
     @staticmethod
     def _fmt(v: Any) -> str:
         if isinstance(v, tuple):
-            return "".join("1" if b else "0" for b in v)
+            return mask_text(v)
         return str(v)
 
     def _show(self, universe: Sequence[Any]) -> str:
@@ -498,6 +530,15 @@ class DesignSpace:
         self.tunable = tunable_constraint(tunable, num_groups)
         self.strategies = StrategyConstraint(strategies, num_groups, letters)
         self.letters = self.strategies.letters
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any], num_layers: int, num_groups: int = DEFAULT_NUM_GROUPS) -> DesignSpace:
+        """The space a `space:` block (as plain containers) describes on a backbone of `num_layers` layers: its
+        four constraints and its `letters` (an absent key: 'any'; the paper's letters). The one builder of a
+        space from config: a sweep's plan, a study's trials and a search's final space all use it."""
+        return cls(num_layers, num_groups, grouping=block.get("grouping", "any"),
+                   allocation=block.get("allocation", "any"), tunable=block.get("tunable", "any"),
+                   strategies=block.get("strategy", "any"), letters=block.get("letters"))
 
     def __repr__(self) -> str:
         letters = "" if self.letters == STRATEGY_LETTERS else f", letters={self.letters}"
