@@ -1,5 +1,30 @@
-"""The base of every error a user can fix: reported as one line, the message naming the problem and the fix."""
+"""The base of every error a user can fix, and the one exit convention of pdspace's console scripts.
+
+Every console script (`pdspace-train`, `-search`, `-refine`, `-report`, `-export`, `-bench`) exits
+- 0 when it did what was asked;
+- 1 with one line `<prog>: error: <what is wrong and the fix>` on stderr for bad input, a user error or a
+  failed run (`exit_error`);
+- 2 for a malformed command line (argparse's own usage error);
+- 128 + N when signal N (SIGINT, SIGTERM) stopped it (`exit_interrupted`).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import NoReturn
 
 
 class PDSpaceError(Exception):
     """An error a user can fix: reported as one line (its message names the problem and the fix)."""
+
+
+def exit_error(prog: str, message: object) -> NoReturn:
+    """Exit 1 with `<prog>: error: <message>` on stderr."""
+    sys.exit(f"{prog}: error: {message}")
+
+
+def exit_interrupted(prog: str, signum: int, message: str | None = None) -> NoReturn:
+    """Exit 128 + `signum` with `<prog>: interrupted by <SIGNAME>` (or `<prog>: <message>`) on stderr."""
+    sys.stderr.write(f"{prog}: {message or f'interrupted by {signal.Signals(signum).name}'}\n")
+    raise SystemExit(128 + signum)
