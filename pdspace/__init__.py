@@ -22,7 +22,7 @@ from pdspace.peft import (
     unmerge_lora,
 )
 
-__version__ = "0.1.0"
+from pdspace.version import __version__
 __all__ = [
     "BudgetError", "Design", "DesignSpace", "MergeReport", "PatchReport", "apply_design", "export_peft",
     "from_pretrained", "load_trainable_state_dict", "merge", "merge_lora", "named_design", "save_pretrained",

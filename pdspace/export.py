@@ -138,7 +138,7 @@ def _patch_as_saved(model: nn.Module, design: Mapping[str, Any], counts: Mapping
 
 
 def _version() -> str:
-    from pdspace import __version__
+    from pdspace.version import __version__
 
     return __version__
 

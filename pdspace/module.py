@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
-import time
-import types
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ import transformers
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from pdspace.compile import CompiledModel, check_compile_mode
 from pdspace.data.tasks import TaskSpec, add_score, make_metrics, parse_prediction
 from pdspace.peft.patch import parameter_groups, trainable_state_dict
 
@@ -87,6 +83,25 @@ class PEFTModule(L.LightningModule):
     def objective(self) -> str:
         """The metric the run maximises."""
         return self.spec.objective
+
+    @classmethod
+    def from_config(cls, cfg: Any, spec: TaskSpec, backbone: Any, checkpoint_path: Path | None) -> PEFTModule:
+        """The module of a run's config (`optimizer:` with per-strategy `lr_scale`, `scheduler:`, `train:`, the
+        task's generation) on its patched backbone; `learning_rates` holds what result.json records of them."""
+        import hydra
+        from omegaconf import OmegaConf
+
+        optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        lr_scale = optimizer.pop("lr_scale", None) or {}
+        generation = cfg.task.get("generation")
+        module = cls(backbone.model, spec, backbone.tokenizer, text_to_text=backbone.text_to_text, lr_scale=lr_scale,
+                     optimizer=hydra.utils.instantiate(optimizer), scheduler=cfg.scheduler.name,
+                     warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=cfg.task.get("max_target_length"),
+                     checkpoint_path=checkpoint_path, compile=bool(cfg.train.compile),
+                     generation=OmegaConf.to_container(generation) if generation is not None else None,
+                     compile_mode=cfg.train.compile_mode)
+        module.learning_rates = learning_rates(backbone.model, float(optimizer.get("lr", 0.0)), lr_scale)
+        return module
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in batch.items() if k != "gold"}
@@ -252,160 +267,31 @@ class PEFTModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def learning_rates(model: nn.Module, lr: float, lr_scale: Mapping[str, float]) -> dict[str, Any]:
+    """The effective learning rate of every optimizer group (what result.json records)."""
+    return {"lr": lr, "groups": {g["name"]: {"lr": lr * g["lr_scale"], "lr_scale": g["lr_scale"], "params": g["numel"]}
+                                 for g in learning_rate_groups(model, lr_scale)}}
+
+
+def set_accumulation(trainer: Any, batch_size: int, effective: int | None) -> dict[str, Any]:
+    """Set `accumulate_grad_batches` so that per-device batch x devices x steps reaches `effective`; the numbers."""
+    world = int(trainer.world_size)
+    if effective:
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(f"data.effective_batch_size={effective} sets accumulate_grad_batches itself; drop "
+                             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}")
+        trainer.accumulate_grad_batches = math.ceil(int(effective) / (batch_size * world))
+    accumulate = int(trainer.accumulate_grad_batches)
+    return {"per_device": batch_size, "devices": world, "accumulate_grad_batches": accumulate,
+            "effective": batch_size * world * accumulate, "requested_effective": effective}
+
+
 def learning_rate_groups(model: nn.Module, lr_scale: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """One optimizer parameter group per strategy letter (and "head", "backbone"), each with its learning-rate
     scale (`lr_scale[name]`, default 1): the group trains at base lr x scale."""
     scales = dict(lr_scale or {})
     return [{"name": name, "params": [p for _, p in params], "lr_scale": float(scales.get(name, 1.0)),
              "numel": sum(p.numel() for _, p in params)} for name, params in parameter_groups(model).items()]
-
-
-# ---- torch.compile ----------------------------------------------------------------------------------------------
-
-# Dynamo keeps compiled code per *code object*, at most `recompile_limit` (8) entries each. Compiling the HF model
-# itself puts every job's graphs on one code object that all HF forwards share (transformers' `wrapper`), so in a
-# sweep the 5th design or so hits the limit and silently runs eager. Each model layout gets its own entry function
-# instead: a job repeating a layout (same design, another seed) reuses the compiled code, and a new layout starts
-# with an empty cache. The oldest layouts are dropped, and their compiled code with them.
-_ENTRY_CACHE: OrderedDict[str, Callable[..., Any]] = OrderedDict()
-_ENTRY_CACHE_SIZE = 8
-
-
-def _entry(model: nn.Module, inputs: dict[str, Any]) -> Any:
-    return model(**inputs)
-
-
-def model_layout(model: nn.Module) -> str:
-    """A short digest of the model's class and its parameters' names, shapes, dtypes and trainability."""
-    h = hashlib.sha1(type(model).__qualname__.encode())
-    for name, p in model.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{p.requires_grad};".encode())
-    h.update(str(getattr(getattr(model, "config", None), "_attn_implementation", "")).encode())
-    return h.hexdigest()[:12]
-
-
-def _entry_for(layout: str) -> Callable[..., Any]:
-    fn = _ENTRY_CACHE.pop(layout, None)
-    if fn is None:
-        code = _entry.__code__.replace(co_name=f"pdspace_forward_{layout}")
-        fn = types.FunctionType(code, _entry.__globals__, code.co_name)
-    _ENTRY_CACHE[layout] = fn
-    while len(_ENTRY_CACHE) > _ENTRY_CACHE_SIZE:
-        _ENTRY_CACHE.popitem(last=False)
-    return fn
-
-
-def _settle_problem_type(model: nn.Module, inputs: Mapping[str, Any]) -> None:
-    # HF sequence classifiers choose `config.problem_type` on their first forward with labels and store it: a graph
-    # compiled before is guarded on the old value (None) and recompiles at step 2. Choose it first, by HF's rule.
-    # (one label per example: sequence classification or regression; token-level LM labels never read it)
-    config, labels = getattr(model, "config", None), inputs.get("labels")
-    if config is None or not isinstance(labels, torch.Tensor) or labels.ndim != 1:
-        return
-    if getattr(config, "problem_type", "") is not None:
-        return
-    if config.num_labels == 1:
-        config.problem_type = "regression"
-    elif labels.dtype in (torch.long, torch.int):
-        config.problem_type = "single_label_classification"
-
-
-def check_compile_mode(mode: str | None) -> None:
-    """Raise ValueError for a mode torch.compile does not know (None: its default)."""
-    if mode is None:
-        return
-    import torch._inductor
-
-    modes = list(torch._inductor.list_mode_options())
-    if mode not in modes:
-        raise ValueError(f"train.compile_mode={mode!r} is no torch.compile mode; use one of {modes} or null")
-
-
-def _mark_dynamic(inputs: Mapping[str, Any]) -> None:
-    # batches are padded to their longest sequence and the last one is smaller: with batch and sequence dims
-    # dynamic from the first call one graph serves every batch (automatic dynamic shapes would compile a static
-    # graph first and recompile at the first new length, and again at the first new batch size)
-    import torch._dynamo
-
-    for value in inputs.values():
-        if isinstance(value, torch.Tensor):
-            for dim in range(min(value.ndim, 2)):
-                torch._dynamo.maybe_mark_dynamic(value, dim)
-
-
-class CompiledModel:
-    """`model(**inputs)` through `torch.compile` (one graph for every batch shape), with its compilations counted.
-
-    A compilation in a context (train: grad enabled and `model.training`; eval: anything else)
-    after that context's first call is a recompile: it is logged with dynamo's reason and
-    counted in `stats()`. `dynamic=False` leaves shapes to dynamo's defaults (static first).
-    """
-
-    def __init__(self, model: nn.Module, mode: str | None = None, *, dynamic: bool = True,
-                 backend: str = "inductor", per_layout: bool = True) -> None:
-        check_compile_mode(mode)
-        self.model, self.mode, self.dynamic, self.backend = model, mode, dynamic, backend
-        self.layout = model_layout(model)
-        # `mode` is inductor's; other backends (tests use aot_eager) take none
-        kwargs = {"mode": mode} if backend == "inductor" else {}
-        self.per_layout = per_layout
-        if per_layout:
-            self._fn = torch.compile(_entry_for(self.layout), backend=backend, **kwargs)
-        else:
-            # plain torch.compile(model), kept to measure what the per-layout entry avoids
-            plain = torch.compile(model, backend=backend, **kwargs)
-            self._fn = lambda model, inputs: plain(**inputs)
-        self.calls: dict[str, int] = {}
-        self.compiles: dict[str, int] = {}
-        self.recompiles = 0
-        self.failed = 0  # compilations dynamo gave up on (e.g. its recompile limit): those calls ran eager
-        self.reasons: list[str] = []
-        self.compile_s = 0.0
-
-    def __call__(self, **inputs: Any) -> Any:
-        """The model's output for `inputs`, computed by the compiled graph."""
-        from torch._dynamo import utils as dynamo_utils
-
-        if self.dynamic:
-            _mark_dynamic(inputs)
-        _settle_problem_type(self.model, inputs)
-        context = "train" if torch.is_grad_enabled() and self.model.training else "eval"
-        seen = dynamo_utils.get_compilation_metrics()
-        last = seen[-1] if seen else None
-        out = self._fn(self.model, inputs)
-        new = []
-        for m in reversed(dynamo_utils.get_compilation_metrics()):
-            if m is last:
-                break
-            new.append(m)
-        if new:
-            new.reverse()
-            self.compiles[context] = self.compiles.get(context, 0) + len(new)
-            self.compile_s += sum(m.entire_frame_compile_time_s or 0.0 for m in new)
-            first = not self.calls.get(context, 0)
-            for m in new:
-                reason = (m.recompile_reason or "").strip().splitlines()[0] if m.recompile_reason else ""
-                if m.fail_type:
-                    self.failed += 1
-                    reason = f"not compiled, ran eager: {m.fail_type}: {(m.fail_reason or '').splitlines()[0][:200]}"
-                elif first:
-                    continue
-                else:
-                    self.recompiles += 1
-                self.reasons.append(reason or "unknown")
-                log.warning("torch.compile recompiled %s (%s call %d): %s", m.co_name, context,
-                            self.calls.get(context, 0) + 1, reason or "unknown")
-        self.calls[context] = self.calls.get(context, 0) + 1
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        """Counts for result.json: compilations per context, recompiles (with reasons) and compile seconds."""
-        return {"enabled": True, "backend": self.backend, "mode": self.mode, "dynamic": self.dynamic,
-                "per_layout": self.per_layout, "layout": self.layout,
-                "compiles": sum(self.compiles.values()), "by_context": dict(self.compiles),
-                "recompiles": self.recompiles, "failed": self.failed, "reasons": self.reasons[:10],
-                "compile_s": round(self.compile_s, 3),
-                "calls": dict(self.calls)}
 
 
 GENERATION_KEYS = ("num_beams", "max_new_tokens", "length_penalty")
@@ -426,81 +312,3 @@ def _generation_kwargs(generation: Mapping[str, Any] | None, max_target_length: 
         raise ValueError(f"generation: num_beams and max_new_tokens must be >= 1, got {out['num_beams']} and "
                          f"{out['max_new_tokens']}.")
     return out
-
-
-class EvalTimer(L.Callback):
-    """Seconds spent in validation loops (the rest of `fit` is training)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._t = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._t
-
-
-class InterruptCheck(L.Callback):
-    """Raises `exc(name)` at the next batch once a signal's name is in `pending`.
-
-    A signal handler's exception can land where Python only prints it (a `__del__`, a weakref
-    callback) and training would go on; this ends the job anyway.
-    """
-
-    def __init__(self, pending: list[str], exc: type[BaseException]) -> None:
-        self.pending, self.exc = pending, exc
-
-    def _check(self, *args: Any) -> None:
-        if self.pending:
-            raise self.exc(self.pending[-1])
-
-    on_train_batch_start = on_train_batch_end = on_validation_batch_end = _check
-
-
-class FitState(L.Callback):
-    """Rank 0 writes the metric history at the end of fit: spawned ranks cannot hand it back."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def on_fit_end(self, trainer: L.Trainer, module: PEFTModule) -> None:
-        if trainer.is_global_zero:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(module.fit_state(), default=float))
-            tmp.replace(self.path)
-
-
-class ResumeCheckpoint(L.Callback):
-    """Keeps `<run dir>/checkpoints/last.ckpt` for resuming: every `every_n_steps` optimiser steps inside an
-    epoch, and after every validation.
-
-    Never on an epoch's last batch: that checkpoint comes before the epoch's validation, and a run
-    resumed from it would skip that validation. The file is replaced atomically.
-    """
-
-    def __init__(self, path: str | Path, every_n_steps: int) -> None:
-        self.path, self.every = Path(path), max(1, int(every_n_steps))
-        self._last_step = -1
-
-    def _save(self, trainer: L.Trainer) -> None:
-        self._last_step = trainer.global_step
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            trainer.save_checkpoint(tmp)
-            if trainer.is_global_zero:
-                tmp.replace(self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no half checkpoint behind; last.ckpt stays as it was
-            raise
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        last_batch = batch_idx + 1 >= trainer.num_training_batches
-        if step and step % self.every == 0 and step != self._last_step and not last_batch:
-            self._save(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._save(trainer)

@@ -37,6 +37,10 @@ RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "best_trainable.pt"
 # a run's dev predictions of every evaluation (classification and regression tasks), beside its result.json
 PREDICTIONS_FILE = "predictions.npz"
+# rank 0's metric history at the end of fit (spawned ranks cannot hand theirs back), beside its result.json
+FIT_STATE_FILE = "fit_state.json"
+# a run's resume checkpoint (trainable tensors, optimizer, loops, RNG, metric history), relative to its dir
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted", "dry_run")
 # statuses that count as a failed job of a sweep (pruned and dry-run jobs are no failures)
 FAILED_STATUSES = ("failed", "interrupted")

@@ -95,6 +95,13 @@ def describe(loggers: list[Any], *, name: str | None = None, config: dict[str, A
         warnings.warn(f"W&B update failed ({type(e).__name__}: {e})", stacklevel=2)
 
 
+def describe_job(loggers: list[Any], name: str, record: dict[str, Any]) -> None:
+    """Name a job's W&B run and add its design dimensions and parameter counts as config columns."""
+    params = {f"params/{k}": record["params"][k] for k in ("backbone_params", "trainable_params", "head_params",
+                                                          "fraction")}
+    describe(loggers, name=name, config={**{f"design/{k}": v for k, v in record["design_dims"].items()}, **params})
+
+
 def finish(loggers: list[Any], status: str) -> None:
     """End every logger; a W&B run of a failed or interrupted job is marked failed (exit code 1)."""
     bad = status in ("failed", "interrupted")

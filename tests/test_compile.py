@@ -17,8 +17,9 @@ import torch
 from conftest import FAMILY_MODELS
 
 from pdspace.archs import build_model
+from pdspace.compile import CompiledModel
 from pdspace.design.space import named_design
-from pdspace.module import CompiledModel, PEFTModule
+from pdspace.module import PEFTModule
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import apply_design
 

@@ -291,7 +291,7 @@ def test_an_unreadable_resume_checkpoint_is_moved_aside_and_the_job_trains_from_
 
 
 def test_a_truncated_checkpoint_reads_as_unreadable(tmp_path):
-    from pdspace.train import _checkpoint_step
+    from pdspace.callbacks import checkpoint_step as _checkpoint_step
 
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(64)}, "global_step": 7}, path)
@@ -391,7 +391,7 @@ def test_a_read_only_dir_is_one_line_naming_the_path(launch, tmp_path, monkeypat
 
 def test_a_full_disk_while_training_is_one_line_and_marks_the_run_failed(launch, tmp_path, monkeypatch):
     # audit F11: the checkpoint's OSError was hidden by a traceback of the result.json write in `finally`
-    from pdspace.module import ResumeCheckpoint
+    from pdspace.callbacks import ResumeCheckpoint
 
     def full(self, trainer):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.path.with_name(".last.ckpt.tmp")))
@@ -426,7 +426,7 @@ def test_a_full_disk_while_training_is_one_line_and_marks_the_run_failed(launch,
 
 
 def test_a_failed_resume_checkpoint_write_leaves_no_temp_file(tmp_path):
-    from pdspace.module import ResumeCheckpoint
+    from pdspace.callbacks import ResumeCheckpoint
 
     class Trainer:
         global_step, is_global_zero = 3, True

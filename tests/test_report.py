@@ -17,7 +17,7 @@ import torch
 from scipy import stats as sps
 from sklearn import metrics as skm
 
-from pdspace import report, stats, train
+from pdspace import module, report, stats, train
 from pdspace import results as results_io
 from pdspace.archs import build_config
 
@@ -120,11 +120,11 @@ def test_effective_batch_is_reached_by_accumulation(launch):
 
 def test_accumulation_rounds_up_over_devices():
     trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=1)
-    assert train.set_accumulation(trainer, 24, 128) == {"per_device": 24, "devices": 2, "accumulate_grad_batches": 3,
+    assert module.set_accumulation(trainer, 24, 128) == {"per_device": 24, "devices": 2, "accumulate_grad_batches": 3,
                                                          "effective": 144, "requested_effective": 128}
-    assert train.set_accumulation(SimpleNamespace(world_size=1, accumulate_grad_batches=2), 8, None)["effective"] == 16
+    assert module.set_accumulation(SimpleNamespace(world_size=1, accumulate_grad_batches=2), 8, None)["effective"] == 16
     with pytest.raises(ValueError, match="drop trainer.accumulate_grad_batches=2"):
-        train.set_accumulation(SimpleNamespace(world_size=1, accumulate_grad_batches=2), 8, 64)
+        module.set_accumulation(SimpleNamespace(world_size=1, accumulate_grad_batches=2), 8, 64)
 
 
 # ---------------------------------------------------------------------------------------------

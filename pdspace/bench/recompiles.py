@@ -1,7 +1,7 @@
 """`pdspace-bench compile`: compilations across the jobs of one process, as a sequential sweep runs them.
 
 Each job takes a fresh deep copy of one backbone (the sweep's cached backbone), patches it
-with its design, compiles it as `train.compile=true` does (`pdspace.module.CompiledModel`),
+with its design, compiles it as `train.compile=true` does (`pdspace.compile.CompiledModel`),
 trains a few steps on batches padded to different lengths (the last one smaller, as an
 epoch's last batch is) and runs a few validation forwards. The table says, per job, how often
 it compiled and whether anything recompiled; `--plain` compiles the model itself
@@ -21,7 +21,7 @@ from torch import nn
 
 from pdspace.archs import ARCHITECTURES, build_model
 from pdspace.design.space import named_design
-from pdspace.module import CompiledModel
+from pdspace.compile import CompiledModel
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import apply_design
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from pdspace.archs import build_model
 from pdspace.design.space import named_design
-from pdspace.module import CompiledModel
+from pdspace.compile import CompiledModel
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import apply_design, count_params
 

@@ -135,6 +135,19 @@ class _Collate:
 class PDSpaceDataModule(L.LightningDataModule):
     """Train/validation loaders of a task for a tokenizer, with a classification/regression head or text-to-text."""
 
+    @classmethod
+    def from_config(cls, task: Any, data: Any, spec: TaskSpec, backbone: Any, *, seed: int) -> PDSpaceDataModule:
+        """The data module of a run's `task:` and `data:` blocks for its backbone's tokenizer, set up for fitting."""
+        files = {"train": task.train, "validation": task.validation} if task.name == "files" else None
+        dm = cls(spec, backbone.tokenizer, text_to_text=backbone.text_to_text, max_length=task.get("max_length"),
+                 max_target_length=task.get("max_target_length"), max_train_samples=task.get("max_train_samples"),
+                 max_eval_samples=task.get("max_eval_samples"), batch_size=data.batch_size,
+                 eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, subset_seed=data.subset_seed,
+                 glue_dir=task.get("glue_dir"), files=files, cache_dir=data.cache_dir,
+                 synthetic_size=task.get("synthetic_size"), seed=seed)
+        dm.setup("fit")
+        return dm
+
     def __init__(self, task: str | TaskSpec, tokenizer: Any, *, text_to_text: bool = False,
                  max_length: int | None = None, max_target_length: int | None = None,
                  max_train_samples: int | None = None, max_eval_samples: int | None = None,

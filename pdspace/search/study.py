@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import optuna
 
-from pdspace.config import ConfigError
+from pdspace.config import ConfigError, plain
 from pdspace.design.space import Design, DesignSpace
+from pdspace.job import RunPruned
 
 log = logging.getLogger("pdspace.study")
 SEARCHES = ("random", "tpe", "gp")
@@ -171,8 +173,6 @@ def study_spec(block: Mapping[str, Any], sweep_dir: str | Path, task: str, max_e
 
 def make_sampler(spec: StudySpec, seed: int) -> Any:
     """Optuna's sampler for `spec.search` (TPE multivariate with conditional groups, or the GP sampler)."""
-    import optuna
-
     if spec.search == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
                                           n_startup_trials=spec.startup_trials)
@@ -184,8 +184,6 @@ def make_sampler(spec: StudySpec, seed: int) -> Any:
 
 def make_pruner(spec: StudySpec) -> Any:
     """Optuna's pruner for `spec.pruner`; resources are evaluations (one per epoch by default)."""
-    import optuna
-
     if spec.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if spec.pruner == "hyperband":
@@ -208,7 +206,6 @@ def storage_url(url: str) -> str:
 
 
 def _storage(url: str) -> Any:
-    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     url = storage_url(url)
@@ -230,8 +227,6 @@ def _storage(url: str) -> Any:
 def open_study(spec: StudySpec, *, seed: int = 0, create: bool = False, storage: Any = None) -> Any:
     """Load (or create) the study with this job's sampler and the spec's pruner (`storage`: an Optuna storage
     object instead of the spec's URL, e.g. a replay's in-memory one)."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs = dict(study_name=spec.name, storage=storage if storage is not None else _storage(spec.storage),
                   sampler=make_sampler(spec, seed), pruner=make_pruner(spec))
@@ -261,12 +256,16 @@ def redact(url: str) -> str:
 # ------------------------------------------------------------------------------------- the job side
 
 
+class Pruned(optuna.TrialPruned, RunPruned):
+    """The study's pruner stopped the trial: Optuna's signal, and to the job shell a pruned run."""
+
+
 class TrialJob:
-    """One job's trial: asked from the study, reported to after every evaluation, told how it ended."""
+    """One job's trial, the one object through which a study and a training job talk: `design` (ask),
+    `callback` (report every evaluation; raises `Pruned`), `end` (tell the study how the job ended).
+    A replay drives the same object with `ask`, `report` and `tell` directly."""
 
     def __init__(self, spec: StudySpec, slot: int, prior: Mapping[str, Any] | None, storage: Any = None) -> None:
-        import optuna
-
         self.spec, self.slot = spec, slot
         # each job loads the study with its own sampler (a replay passes its in-memory storage)
         self.study = open_study(spec, seed=job_seed(spec, slot), storage=storage)
@@ -314,6 +313,32 @@ class TrialJob:
         raise ConfigError(f"200 designs in a row that the budget cannot build ({why}); raise budget_fraction or "
                           "narrow the space")
 
+    def design(self, cfg: Any, model: Any, num_layers: int,
+               planned: Callable[[], Design]) -> tuple[Design, dict[str, float]]:
+        """A study job's design and its learning-rate overrides (`optimizer.*` keys, {} without `search_lr`): the
+        plan's design (`planned()`) for a random search, else one suggested within the job's space that the
+        budget can build."""
+        from pdspace.search.plans import design_check
+
+        if self.spec.search == "random":
+            design = self.ask(None, lambda d: None, fixed=planned())
+        else:
+            space = DesignSpace.from_block(plain(cfg.space), num_layers, int(cfg.num_groups))
+            design = self.ask(space, design_check(model, cfg.budget_fraction, cfg.get("peft")))
+        letters = [ch for tuned, st in zip(design.tunable, design.strategies) if tuned for ch in st]
+        return design, self.ask_learning_rates(float(cfg.optimizer.lr), letters)
+
+    def end(self, status: str, record: Mapping[str, Any]) -> None:
+        """The job's end hook: tell the study a completed trial's objective values, or that it was pruned or
+        failed (a dry run trains nothing: failed, so the study does not wait for it). An interrupted job's trial
+        stays running: its relaunch fails it and trains its parameters again (`_retry`)."""
+        if status == "interrupted":
+            return
+        if status == "completed":
+            self.tell("completed", objective_values(self.spec, record))
+        else:
+            self.tell("pruned" if status == "pruned" else "failed")
+
     def ask_learning_rates(self, lr: float, letters: Sequence[str]) -> dict[str, float]:
         """With `search_lr`: the trial's base learning rate (log-uniform within 10x of `lr`) and the scale of
         each strategy letter the design uses (log-uniform in [0.1, 100]), as `optimizer.*` keys; else {}."""
@@ -331,19 +356,17 @@ class TrialJob:
                 "slot": self.slot, "rejected": list(self.rejected)}
 
     def callback(self, objective: str) -> Any:
-        """A Lightning callback that reports each evaluation and raises `optuna.TrialPruned` when told to."""
+        """A Lightning callback that reports each evaluation and raises `Pruned` when told to."""
         return _Reporter(self, objective)
 
     def report(self, step: int, value: float) -> None:
-        """Report the objective after evaluation `step` (1, 2, ...); raise TrialPruned if the pruner says so."""
-        import optuna
-
+        """Report the objective after evaluation `step` (1, 2, ...); raise `Pruned` if the pruner says so."""
         if self.trial is None or self.spec.multi_objective:
             return
         self.trial.report(value, step)
         # at the last evaluation the training is done: pruning it would only throw its result away
         if self.spec.pruner != "none" and step < self.spec.max_resource and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after evaluation {step} ({value:.4f})")
+            raise Pruned(f"pruned after evaluation {step} ({value:.4f})")
 
     def tell(self, state: str, values: Sequence[float] | None = None) -> None:
         """Tell the study how the trial ended: complete (with `values`), pruned or failed."""
