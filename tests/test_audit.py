@@ -115,12 +115,19 @@ ROWS = [
      "{tmp}/nockpt/best_trainable.pt is missing (it was trained with save_checkpoint=false); export needs it: train "
      "the run again with save_checkpoint=true"),
     ("E05", "pdspace-export", ["{tmp}/nosuchrun", "{tmp}/export/E05"], 1, "{tmp}/nosuchrun/result.json"),
-    ("S02", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--strategy", "random", "--trials", "0",
+    ("S02", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--search", "random", "--trials", "0",
                                "--samples", "2", *B[:1]], 1, "--trials 0 trains nothing; give a positive number"),
-    ("S09", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--strategy", "tpe", "--trials", "-1",
+    ("S09", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--search", "tpe", "--trials", "-1",
                                *B[:1]], 1, "--trials -1 trains nothing; give a positive number, e.g. --trials 20"),
     ("S14", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--confirm-k", "-1", *B[:1]], 1,
      "--confirm-k -1 is negative; give the number of designs to confirm"),
+    # --strategy: the old name of --search, still refused the same (after one deprecation line)
+    ("S02b", "pdspace-search", ["--dir", "{tmp}/s", "--tasks", "synthetic_cls", "--strategy", "random", "--trials",
+                                "0", "--samples", "2", *B[:1]], 1, "--trials 0 trains nothing; give a positive number"),
+    ("R01", "pdspace-refine", ["{tmp}/nosuchdir", "--dimension", "allocation"], 1,
+     "sweep dir {tmp}/nosuchdir does not exist"),
+    ("R02", "pdspace-refine", ["{tmp}/emptydir", "--dimension", "width"], 1,
+     "unknown dimension 'width'; use grouping, allocation, tunable or strategy_g1"),
     ("P01", "pdspace-report", ["{tmp}/emptydir"], 2, "no result.json found under {tmp}/emptydir"),
     ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 2, "{tmp}/nosuchdir does not exist"),
 ]
@@ -161,7 +168,8 @@ def _run(prog: str, args: list[str], tmp: Path, monkeypatch, capsys) -> tuple[in
                 train.main()
     else:
         module = {"pdspace-bench": "pdspace.bench.__main__", "pdspace-export": "pdspace.export",
-                  "pdspace-report": "pdspace.report", "pdspace-search": "pdspace.search.cli"}[prog]
+                  "pdspace-report": "pdspace.report", "pdspace-search": "pdspace.search.cli",
+                  "pdspace-refine": "pdspace.search.refine"}[prog]
         main = __import__(module, fromlist=["main"]).main
 
         def call() -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from pdspace import results
 from pdspace.design.space import Design, DesignSpace
-from pdspace.search.cli import best_design, main
+from pdspace.search.cli import main
 from pdspace.search.confirm import baseline_design
+from pdspace.search.engine import best_design
 from pdspace.search.ordering import Standing, rank_key, ranked, standings
 
 TINY = ["backbone=tiny-bert", "trainer.max_epochs=1", "task.max_train_samples=16", "task.max_eval_samples=16",
@@ -37,21 +38,19 @@ def test_baselines_are_uniform_single_letter_designs():
 
 def test_the_presets_pin_each_design_over_the_search_overrides(tmp_path):
     """Every candidate and baseline preset composes; the search's overrides reach it, its design wins over them."""
-    import argparse
-
-    from pdspace.search.cli import Setting, compose
     from pdspace.search.confirm import entries, write_preset
+    from pdspace.search.engine import SearchSpec, Setting, compose
 
-    args = argparse.Namespace(name="s", tasks=["synthetic_cls"], seeds=[0], confirm_seeds="0,1", confirm_k=1,
-                              confirm_full_ft=True)
-    found = Design([1, 2, 2, 1], "increasing", "1011", ["AL", "", "P", "B"])
-    rows, skipped = entries([(found, Standing(str(found)))], args, Setting(6, 4, None))
-    assert [e.label for e in rows] == ["top1", "adapter", "prefix", "lora", "bitfit", "full_finetune"] and not skipped
     overrides = ["backbone=tiny-bert", "grouping=spindle", "strategy=lora", "budget_fraction=0.01",
                  "trainer.max_epochs=1"]
+    spec = SearchSpec(name="s", tasks=["synthetic_cls"], seeds=[0], confirm_seeds="0,1", confirm_k=1,
+                      confirm_full_ft=True, overrides=overrides)
+    found = Design([1, 2, 2, 1], "increasing", "1011", ["AL", "", "P", "B"])
+    rows, skipped = entries([(found, Standing(str(found)))], spec, Setting(6, 4, None))
+    assert [e.label for e in rows] == ["top1", "adapter", "prefix", "lora", "bitfit", "full_finetune"] and not skipped
     conf = tmp_path / "conf"
     for entry in rows:
-        write_preset(entry, conf, args, overrides, Setting(6, 4, None), found)
+        write_preset(entry, conf, spec, Setting(6, 4, None), found)
     cfgs = {e.label: compose([f"experiment={e.preset}"], conf) for e in rows}
     assert all(c.method == label and c.trainer.max_epochs == 1 and c.backbone.name == "tiny-bert"
                for label, c in cfgs.items())
@@ -74,7 +73,7 @@ def _stamps(root):
 def test_a_search_ends_confirmed_against_the_baselines_and_resumes(tmp_path, capfd, caplog):
     caplog.set_level(logging.INFO, logger="pdspace.search")
     root = tmp_path / "search"
-    argv = ["--dir", str(root), "--strategy", "random", "--trials", "2", "--tasks", "synthetic_cls", "--name", "tiny",
+    argv = ["--dir", str(root), "--search", "random", "--trials", "2", "--tasks", "synthetic_cls", "--name", "tiny",
             "--confirm-k", "2", "--confirm-seeds", "0,1", *TINY, f"data.cache_dir={tmp_path}/cache"]
     main(argv)
     out = capfd.readouterr().out

@@ -8,18 +8,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from pdspace.design.space import Design
-from pdspace.search.refine import (
-    RefineCallback,
-    analyse,
-    format_table,
-    load_results,
-    main,
-    narrowed_space,
-    option_of,
-    refine,
-    report,
-    write_space,
-)
+from pdspace.search.analysis import analyse, load_results, option_of
+from pdspace.search.narrowing import narrowed_space, write_space
+from pdspace.search.refine import RefineCallback, main, refine
+from pdspace.search.refine_report import format_table, report
 
 S4 = ["AL", "AP", "APB", "PBL"]
 SPACE = {"name": "S0", "grouping": "any", "allocation": "any", "tunable": "any", "strategy": "any",
@@ -226,11 +218,15 @@ def test_cli(sweep, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "winner: decreasing" in out and "refine_report.md" in out
     for argv in ([str(tmp_path / "nowhere"), "--dimension", "grouping"], [str(sweep.path), "--dimension", "width"]):
+        # bad input: exit 1 with one line (the one convention, pdspace.errors); a usage error stays argparse's 2
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err
-        assert err.startswith("pdspace-refine: error:") and len(err.strip().splitlines()) == 1
+        line = str(exit_info.value.code)
+        assert line.startswith("pdspace-refine: error:") and len(line.strip().splitlines()) == 1
+        assert not capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep.path)])
+    assert exit_info.value.code == 2 and "--dimension" in capsys.readouterr().err
 
 
 def test_wandb_failure_only_warns(sweep, monkeypatch):

@@ -106,9 +106,9 @@ def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     (["--config-dir", "/nonexistent"], "--config-dir /nonexistent is not a directory"),
     (["budget_fraction=abc"], "budget_fraction=abc"),
     # --trials 0 used to fall back to --samples, and --trials -1 reached the sweep as space.num_samples=-1
-    (["--strategy", "random", "--trials", "0", "--samples", "2"],
+    (["--search", "random", "--trials", "0", "--samples", "2"],
      "--trials 0 trains nothing; give a positive number, e.g. --trials 20"),
-    (["--strategy", "tpe", "--trials", "-1"], "--trials -1 trains nothing; give a positive number"),
+    (["--search", "tpe", "--trials", "-1"], "--trials -1 trains nothing; give a positive number"),
     (["--confirm-k", "-1"], "--confirm-k -1 is negative; give the number of designs to confirm, e.g. --confirm-k 3"),
     (["--confirm-seeds", ""], "--confirm-seeds is empty; give training seeds such as --confirm-seeds 0,1,2"),
     (["--confirm-seeds", "0,x"], "--confirm-seeds '0,x' is not a list of integers"),
@@ -171,3 +171,63 @@ def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path, how):
     # the stage planned 3-group designs from the user's space
     plan = OmegaConf.load(root / "S1" / "samples.yaml")
     assert plan.space.name == "tiny3" and all(len(Design.parse(j.design_id).groups) == 3 for j in plan.jobs)
+
+
+def test_strategy_is_the_deprecated_name_of_search(capsys):
+    from pdspace.search.cli import parse
+
+    for search in ("greedy", "random", "tpe", "gp"):
+        assert parse(["--strategy", search, "--trials", "4"]) == parse(["--search", search, "--trials", "4"])
+        err = capsys.readouterr().err
+        assert err == "pdspace-search: warning: --strategy is deprecated; use --search\n"
+    assert parse([]).search == "greedy" and not capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--search", "bohb"])
+    assert exit_.value.code == 2 and "invalid choice: 'bohb'" in capsys.readouterr().err
+
+
+def _completed(sweep: Path, designs: list[tuple[Design, float]], task: str = "synthetic_cls") -> None:
+    for i, (design, value) in enumerate(designs):
+        (sweep / str(i)).mkdir(parents=True)
+        results.write(sweep / str(i) / "result.json", {
+            "status": "completed", "task": task, "seed": 0, "design_id": str(design), "design": design.to_dict(),
+            "objective": {"name": "accuracy", "value": value}, "metrics": {"per_epoch": [{"accuracy": value}]}})
+
+
+# completed runs of a search of S0_ia3 (letters APBLI): the best two use IA3 (I)
+IA3 = [(Design([1, 2, 2, 1], "uniform", "1111", ["I", "AI", "L", "P"]), 0.9),
+       (Design([2, 2, 1, 1], "decreasing", "1011", ["PI", "", "I", "B"]), 0.8),
+       (Design([1, 1, 2, 2], "increasing", "1111", ["A", "L", "P", "B"]), 0.7)]
+
+
+def test_the_final_space_keeps_its_letters():
+    """The final space of S0_ia3 holds the designs that use IA3: its `letters` are not dropped."""
+    from pdspace.search.engine import Setting, final_space, ranked_designs, space_file
+
+    block = OmegaConf.to_container(OmegaConf.load(space_file(Path("/nonexistent"), "S0_ia3")).space)
+    found = [{"status": "completed", "task": "t", "design": d.to_dict(), "objective": {"value": v}} for d, v in IA3]
+    ranked = ranked_designs(found, final_space(block, Setting(6, 4, None)))
+    assert [str(d) for d, _ in ranked] == [str(d) for d, _ in IA3]
+    # only IA3 designs completed: still a final pick, not "no completed run lies in its final space"
+    assert [str(d) for d, _ in ranked_designs(found[:2], final_space(block, Setting(6, 4, None)))] == \
+        [str(d) for d, _ in IA3[:2]]
+
+
+def test_a_random_search_of_an_ia3_space_finds_an_ia3_design(tmp_path, monkeypatch, capsys):
+    """pdspace-search --search random --space S0_ia3 used to skip every completed design using IA3 (its final
+    space lost the space's letters): here it finds the best run, which uses IA3."""
+    from pdspace.search import runner
+
+    def sweep(label, source, conf, sweep, spec, setting, extra):
+        assert source == "S0_ia3" and "space.search=random" in extra
+        _completed(sweep, IA3)
+
+    monkeypatch.setattr(runner, "run_sweep", sweep)
+    main(["--dir", str(tmp_path / "search"), "--search", "random", "--trials", "3", "--space", "S0_ia3",
+          "--tasks", "synthetic_cls", "--confirm-k", "0", "--name", "ia3", "backbone=tiny-bert"])
+    state = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert state["final"]["design_id"] == str(IA3[0][0]) and state["final"]["score"] == 0.9
+    assert state["final_space"]["letters"] == "APBLI"
+    assert f"found design: {IA3[0][0]} (mean objective 0.9000 over 1 runs)" in capsys.readouterr().out
+    preset = OmegaConf.load(tmp_path / "search" / "conf" / "experiment" / "ia3.yaml")
+    assert list(preset.strategy.choice) == ["I", "AI", "L", "P"] and preset.tunable.choice == "1111"

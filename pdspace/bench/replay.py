@@ -4,8 +4,10 @@ A trial "trains" by reading a recorded learning curve (one of the design's seeds
 the noise a live run has) up to the evaluation it is allowed, so a strategy can be run hundreds of
 times at no training cost, as NAS-Bench-201 and HPOBench do. Each strategy goes through the search
 code the live path uses: random plans (`plans.make_plan`), the greedy stages, winner rule and
-narrowing (`greedy.stages`, `refine.analyse`, `refine.narrowed_space`), Optuna studies through
-`study.TrialJob` (samplers, pruners, the design as parameters) and the found design (`cli.best_design`).
+narrowing (`greedy.stages`, `analysis.analyse`, `narrowing.narrowed_space`), Optuna studies through
+`study.TrialJob` (samplers, pruners, the design as parameters) and the found design (`engine.best_design`).
+The strategies are the searches of `pdspace-search` (`engine.SEARCHES`) and a study search with a pruner,
+`SEARCH+PRUNER` (`STRATEGIES`).
 Only the recorded designs exist: random and greedy draw among them, a study's suggestion is mapped to
 the nearest recorded design, and greedy stages are uncontrolled (a random table holds few controlled
 expansions).
@@ -32,8 +34,21 @@ import numpy as np
 
 from pdspace.bench import table as table_io
 from pdspace.design.space import Design, DesignSpace, normalize_strategies
+from pdspace.search import study
+from pdspace.search.engine import PRUNERS, SEARCHES, SearchError, best_design
 
-STRATEGIES = ("greedy", "random", "tpe", "tpe+hyperband", "gp")
+
+def strategy_name(search: str, pruner: str = "none") -> str:
+    """A replayed strategy's name: the search (`pdspace-search --search`), `+PRUNER` when a pruner stops weak
+    designs early (`--pruner`)."""
+    return search if pruner == "none" else f"{search}+{pruner}"
+
+
+# every strategy replay runs: each search of pdspace-search, and each study search with each pruner
+STRATEGIES = (*SEARCHES, *(strategy_name(s, p) for s in study.SEARCHES for p in PRUNERS if p != "none"))
+# the searches replay runs as plans, with no sampler: greedy's stages and random search's (the study's first)
+PLANNED = (*(s for s in SEARCHES if s not in study.SEARCHES), study.SEARCHES[0])
+DEFAULT_STRATEGIES = "greedy,random,tpe,tpe+hyperband"
 
 
 @dataclass
@@ -143,13 +158,12 @@ def setup(rows: Sequence[Mapping[str, Any]], task: str | None = None) -> Setup:
 # ------------------------------------------------------------------------------------- strategies
 
 
-def _best(found: Sequence[Mapping[str, Any]], space: DesignSpace) -> Design:
-    from pdspace.search.cli import SearchError, best_design
-
+def _best(s: Setup, found: Sequence[Mapping[str, Any]], space: DesignSpace) -> Design:
+    # the search's pick in its final space, else in the unconstrained space over the table's letters
     try:
         return best_design(found, space)[0]
     except SearchError:
-        return best_design(found, DesignSpace(space.num_layers, space.num_groups))[0]
+        return best_design(found, s.space())[0]
 
 
 def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
@@ -166,7 +180,7 @@ def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, tuple[D
         found.append(_result(job.design, s.task, oracle.observe(job.design)))
         oracle.spent += s.epochs
         _mark(marks, budgets, len(found), oracle.spent)
-    return _picks(found, marks, s.space())
+    return _picks(s, found, marks, s.space())
 
 
 def _mark(marks: dict[int, tuple[int, int]], budgets: Sequence[int], n_found: int, spent: int) -> None:
@@ -176,17 +190,18 @@ def _mark(marks: dict[int, tuple[int, int]], budgets: Sequence[int], n_found: in
             marks[b] = (n_found, spent)
 
 
-def _picks(found: Sequence[Mapping[str, Any]], marks: Mapping[int, tuple[int, int]],
+def _picks(s: Setup, found: Sequence[Mapping[str, Any]], marks: Mapping[int, tuple[int, int]],
            space: DesignSpace) -> dict[int, tuple[Design, int]]:
     # the design the search returns at each budget: the best of what it had finished by then
-    return {b: (_best(found[:n], space), spent) for b, (n, spent) in marks.items()}
+    return {b: (_best(s, found[:n], space), spent) for b, (n, spent) in marks.items()}
 
 
 def run_greedy(s: Setup, budget: int, seed: int) -> tuple[Design, int]:
     """The paper's greedy stages, each sampling `budget / (epochs x stages)` recorded designs of its space."""
+    from pdspace.search.analysis import analyse
     from pdspace.search.greedy import stages, untuned_reason
+    from pdspace.search.narrowing import narrowed_space
     from pdspace.search.plans import make_plan
-    from pdspace.search.refine import analyse, narrowed_space
 
     oracle = Oracle(s.recorded, random.Random(seed))
     all_stages = stages(s.num_groups)
@@ -208,7 +223,7 @@ def run_greedy(s: Setup, budget: int, seed: int) -> tuple[Design, int]:
             block = narrowed_space(block, stage.dimension, winner)
         except ValueError:
             break  # nothing left to compare: the search stops with what it has
-    return _best(found_all, s.space(block)), oracle.spent
+    return _best(s, found_all, s.space(block)), oracle.spent
 
 
 def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
@@ -249,7 +264,7 @@ def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: 
             job.tell("pruned")
         slot += 1
         _mark(marks, budgets, len(found), oracle.spent)
-    return _picks(found, marks, space)
+    return _picks(s, found, marks, space)
 
 
 def _vector(design: Design, letters: str) -> list[float]:
@@ -258,25 +273,33 @@ def _vector(design: Design, letters: str) -> list[float]:
     return design_vector(design, letters)
 
 
+def parse_strategy(strategy: str) -> tuple[str, str]:
+    """(search, pruner) of a strategy of `STRATEGIES` (`SEARCH+none` reads as SEARCH); SystemExit (one line)
+    for one replay cannot run."""
+    search, plus, pruner = strategy.partition("+")
+    pruner = pruner or "none"
+    if strategy_name(search, pruner) in STRATEGIES and (not plus or search in study.SEARCHES):
+        return search, pruner
+    pruners = ", ".join(f"+{p}" for p in PRUNERS if p != "none")
+    raise SystemExit(f"pdspace-bench: error: unknown strategy {strategy!r}; use {', '.join(PLANNED)}, or a sampler "
+                     f"({', '.join(study.SEARCHES)}) with an optional pruner ({pruners}), e.g. "
+                     f"{DEFAULT_STRATEGIES.rsplit(',', 1)[-1]}")
+
+
 def check_strategy(strategy: str) -> None:
     """Raise SystemExit (one line) for a strategy replay cannot run."""
-    search, _, pruner = strategy.partition("+")
-    if strategy in ("greedy", "random") or (search in ("random", "tpe", "gp") and
-                                           pruner in ("", "none", "successive_halving", "hyperband")):
-        return
-    raise SystemExit(f"pdspace-bench: error: unknown strategy {strategy!r}; use greedy, random, or a sampler "
-                     "(random, tpe, gp) with an optional pruner (+successive_halving, +hyperband), e.g. tpe+hyperband")
+    parse_strategy(strategy)
 
 
 def replay_once(s: Setup, strategy: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[float, int, str]]:
     """One repeat of one strategy: per budget, the returned design's regret, the epochs it spent and its id."""
+    search, pruner = parse_strategy(strategy)
     if strategy == "greedy":
         picks = {b: run_greedy(s, b, seed) for b in budgets}
     elif strategy == "random":
         picks = run_random(s, budgets, seed)
-    else:
-        search, _, pruner = strategy.partition("+")
-        picks = run_study(s, search, pruner or "none", budgets, seed)
+    else:  # a study, its sampler `search` (random+none too: Optuna's random sampler through the study code)
+        picks = run_study(s, search, pruner, budgets, seed)
     best = s.best
     # a strategy that cannot stay within a budget (greedy needs a design per stage) has no result there
     return {b: (best - s.recorded[d].score, spent, str(d)) for b, (d, spent) in picks.items() if spent <= b}
@@ -360,8 +383,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("replay", help="replay search strategies against a recorded design table")
     p.add_argument("table", help="a table written by `pdspace-bench table`")
     p.add_argument("--task", default=None, help="the task to replay (default: the table's only task)")
-    p.add_argument("--strategies", default="greedy,random,tpe,tpe+hyperband",
-                   help=f"comma-separated, of {', '.join(STRATEGIES)} (and e.g. random+hyperband)")
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated, of {', '.join(STRATEGIES)}")
     p.add_argument("--budgets", default=None, help="comma-separated epoch budgets (default: 4 to 32 designs' worth)")
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)

@@ -31,7 +31,7 @@ def row_of(result: Mapping[str, Any]) -> dict[str, Any] | None:
     epochs = len(curve)
     timings = result.get("timings") or {}
     return {"design_id": str(design), "grouping": "-".join(map(str, design.groups)), "allocation": design.allocation,
-            "tunable": "".join("1" if t else "0" for t in design.tunable),
+            "tunable": design.mask,
             "strategies": "|".join("+".join(s) or "-" for s in design.strategies), "task": result.get("task"),
             "seed": int(result.get("seed") or 0), "backbone": result.get("backbone"),
             "budget_fraction": result.get("budget_fraction"),

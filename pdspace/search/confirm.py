@@ -1,4 +1,5 @@
-"""The confirmation stage that ends every `pdspace-search` (greedy, random, tpe, gp; with or without pruner).
+"""The confirmation stage that ends every `pdspace-search` (every search of `pdspace.search.engine.SEARCHES`,
+with or without a pruner).
 
 A search's sweeps train each design once (one training seed), so a lucky run can decide. The stage
 retrains the top `--confirm-k` designs of the sweeps (inside the final space, ranked by pdspace's one
@@ -20,7 +21,6 @@ p-values where it computes them).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 
 from pdspace import results
 from pdspace.design.space import UNIFORM_BASELINES, Design, scaled_grouping
-from pdspace.search.cli import SearchError, Setting, confirm_seeds, preset, run_multirun
+from pdspace.search.engine import SearchError, SearchSpec, Setting, confirm_seeds, preset, run_multirun
 from pdspace.search.ordering import Standing, rank_key, standings
 
 log = logging.getLogger("pdspace.search")
@@ -64,10 +64,10 @@ def baseline_design(letter: str, num_layers: int, num_groups: int) -> Design:
     return Design(scaled_grouping((1,) * num_groups, num_layers), "uniform", None, (letter,) * num_groups)
 
 
-def entries(top: Sequence[tuple[Design, Standing]], args: argparse.Namespace,
+def entries(top: Sequence[tuple[Design, Standing]], spec: SearchSpec,
             setting: Setting) -> tuple[list[Entry], dict[str, str]]:
     """The candidates and baselines to train, and the baselines the budget cannot build (label -> why)."""
-    rows = [Entry(f"top{i}", f"{args.name}_confirm_{i}", "candidate", d) for i, (d, _) in enumerate(top, 1)]
+    rows = [Entry(f"top{i}", f"{spec.name}_confirm_{i}", "candidate", d) for i, (d, _) in enumerate(top, 1)]
     skipped = {}
     for label, letter in UNIFORM_BASELINES.items():
         design = baseline_design(letter, setting.num_layers, setting.num_groups)
@@ -77,21 +77,21 @@ def entries(top: Sequence[tuple[Design, Standing]], args: argparse.Namespace,
             skipped[label] = why
             log.warning("confirmation: baseline %s (%s) left out: %s", label, design, why)
             continue
-        rows.append(Entry(label, f"{args.name}_{label}", "baseline", design))
-    if args.confirm_full_ft:
-        rows.append(Entry(FULL_FT, f"{args.name}_{FULL_FT}", "baseline", None))
+        rows.append(Entry(label, f"{spec.name}_{label}", "baseline", design))
+    if spec.confirm_full_ft:
+        rows.append(Entry(FULL_FT, f"{spec.name}_{FULL_FT}", "baseline", None))
     return rows, skipped
 
 
-def write_preset(entry: Entry, conf: Path, args: argparse.Namespace, overrides: Sequence[str],
-                 setting: Setting, template: Design) -> tuple[list[str], str]:
+def write_preset(entry: Entry, conf: Path, spec: SearchSpec, setting: Setting,
+                 template: Design) -> tuple[list[str], str]:
     """Write an entry's experiment preset (the search's settings, its design pinned, `method:` its label);
     returns the overrides no preset can express (for the command line) and the preset's text."""
     # the seed here is the search's (the confirmation's command line sweeps `seed`), so every confirmation
     # setting writes the same preset
-    body, rest = preset(entry.design or template, entry.label, args.tasks[0], args.seeds[0], overrides,
+    body, rest = preset(entry.design or template, entry.label, spec.tasks[0], spec.seeds[0], spec.overrides,
                         setting.config_dir)
-    header = [f"# {entry.kind} of the confirmation of pdspace-search ({args.name})"]
+    header = [f"# {entry.kind} of the confirmation of pdspace-search ({spec.name})"]
     if entry.design is None:
         # full fine-tuning: no design is built, every backbone and head parameter trains
         for key in ("grouping", "allocation", "tunable", "strategy"):
@@ -125,37 +125,16 @@ def _mean_std(c: Mapping[str, Any]) -> str:
     return _fmt(c["mean"]) + (f" ± {_fmt(c['std'])}" if c["std"] is not None else "")
 
 
-def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, args: argparse.Namespace,
-                     overrides: list[str], setting: Setting,
+def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, spec: SearchSpec, setting: Setting,
                      previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) the confirmation, write its report; returns what search.json keeps of it.
 
     `previous`: what search.json kept of an earlier confirmation; when it ran the very same presets and
     command and every one of its runs is completed, nothing is launched (a finished stage is skipped)."""
-    conf = root / "conf"
-    seeds = confirm_seeds(args)
-    sweep = root / confirm_dir(args.confirm_k, seeds, args.confirm_full_ft)
-    rows, skipped = entries(top, args, setting)
-    template = next(e.design for e in rows if e.design is not None)
-    rest: list[str] = []
-    texts = []
-    for entry in rows:
-        rest, text = write_preset(entry, conf, args, overrides, setting, template)
-        texts.append(text)
-    cmd = [sys.executable, "-m", "pdspace.train", "-m", "--config-dir", str(conf),
-           f"experiment={','.join(e.preset for e in rows)}", f"seed={','.join(map(str, seeds))}",
-           *([f"task={','.join(args.tasks)}"] if len(args.tasks) > 1 else []), f"hydra.sweep.dir={sweep}",
-           *setting.hydra_args(), *rest]
-    inputs = hashlib.sha256(json.dumps([cmd[1:], texts]).encode()).hexdigest()[:16]
-    want = {(e.label, s, t) for e in rows for s in seeds for t in args.tasks}
-    found, unreadable = results.read_all(results.sweep_paths(sweep)) if sweep.is_dir() else ([], [])
-    have = {(r.get("method"), r.get("seed"), r.get("task")) for r in found if r.get("status") == "completed"}
-    if previous and previous.get("inputs") == inputs and want <= have:
-        log.info("confirmation done before: %s", sweep)
-    else:
-        run_multirun(f"confirmation ({len(top)} candidates, {len(rows) - len(top)} baselines, seeds "
-                     f"{','.join(map(str, seeds))})", cmd, sweep)
-        found, unreadable = results.read_all(results.sweep_paths(sweep))
+    seeds = confirm_seeds(spec)
+    sweep = root / confirm_dir(spec.confirm_k, seeds, spec.confirm_full_ft)
+    rows, skipped = entries(top, spec, setting)
+    found, unreadable, inputs = _train(rows, len(top), root / "conf", sweep, spec, setting, seeds, previous)
     by_label = {e.label: e for e in rows}
     points = []
     for r in found:
@@ -165,19 +144,8 @@ def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, args: a
             points.append((entry.label, str(r.get("task")), value))
     table = standings(points)
     search_stats = {f"top{i}": s for i, (_, s) in enumerate(top, 1)}
-
-    def numbers(entry: Entry) -> dict[str, Any]:
-        s = table.get(entry.label, Standing(entry.label))
-        out = {"label": entry.label, "preset": entry.preset,
-               "design_id": str(entry.design) if entry.design else "full", "mean": s.mean, "std": s.std,
-               "runs": s.runs, "per_task": s.per_task}
-        if entry.kind == "candidate":
-            out["search"] = {"score": search_stats[entry.label].mean, "runs": search_stats[entry.label].runs,
-                             "per_task": search_stats[entry.label].per_task}
-        return results.finite(out)  # NaN (no run, or one run's std) as None, as search.json keeps it
-
-    candidates = {e.label: numbers(e) for e in rows if e.kind == "candidate"}
-    baselines = {e.label: numbers(e) for e in rows if e.kind == "baseline"}
+    candidates = {e.label: _numbers(e, table, search_stats) for e in rows if e.kind == "candidate"}
+    baselines = {e.label: _numbers(e, table, search_stats) for e in rows if e.kind == "baseline"}
     # the same rule as everywhere, over the confirmation's runs, the design id as the last tie-break
     best = min(candidates.values(), key=_key)
     if not best["runs"]:
@@ -185,17 +153,58 @@ def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, args: a
                           f"{sweep}); fix the cause and rerun the same command to resume")
     winner = best["label"]
     report_path = write_report(root / REPORT_FILE, found, unreadable, rows, candidates, baselines, winner, seeds,
-                               args, skipped)
-    return {"sweep": str(sweep), "inputs": inputs, "seeds": seeds, "k": args.confirm_k,
-            "full_ft": bool(args.confirm_full_ft), "candidates": candidates, "baselines": baselines,
+                               spec, skipped)
+    return {"sweep": str(sweep), "inputs": inputs, "seeds": seeds, "k": spec.confirm_k,
+            "full_ft": bool(spec.confirm_full_ft), "candidates": candidates, "baselines": baselines,
             "skipped_baselines": skipped, "found": winner, "found_design": candidates[winner]["design_id"],
             "report": str(report_path)}
+
+
+def _train(rows: Sequence[Entry], n_candidates: int, conf: Path, sweep: Path, spec: SearchSpec, setting: Setting,
+           seeds: Sequence[int], previous: Mapping[str, Any] | None
+           ) -> tuple[list[dict[str, Any]], list[tuple[str, str]], str]:
+    """Write the entries' presets and train them over the seeds, unless `previous` did exactly that to the end;
+    returns the confirmation's results, its unreadable result files and the hash of its inputs."""
+    template = next(e.design for e in rows if e.design is not None)
+    rest: list[str] = []
+    texts = []
+    for entry in rows:
+        rest, text = write_preset(entry, conf, spec, setting, template)
+        texts.append(text)
+    cmd = [sys.executable, "-m", "pdspace.train", "-m", "--config-dir", str(conf),
+           f"experiment={','.join(e.preset for e in rows)}", f"seed={','.join(map(str, seeds))}",
+           *([f"task={','.join(spec.tasks)}"] if len(spec.tasks) > 1 else []), f"hydra.sweep.dir={sweep}",
+           *setting.hydra_args(), *rest]
+    inputs = hashlib.sha256(json.dumps([cmd[1:], texts]).encode()).hexdigest()[:16]
+    want = {(e.label, s, t) for e in rows for s in seeds for t in spec.tasks}
+    found, unreadable = results.read_all(results.sweep_paths(sweep)) if sweep.is_dir() else ([], [])
+    have = {(r.get("method"), r.get("seed"), r.get("task")) for r in found if r.get("status") == "completed"}
+    if previous and previous.get("inputs") == inputs and want <= have:
+        log.info("confirmation done before: %s", sweep)
+    else:
+        run_multirun(f"confirmation ({n_candidates} candidates, {len(rows) - n_candidates} baselines, seeds "
+                     f"{','.join(map(str, seeds))})", cmd, sweep)
+        found, unreadable = results.read_all(results.sweep_paths(sweep))
+    return found, unreadable, inputs
+
+
+def _numbers(entry: Entry, table: Mapping[str, Standing], search_stats: Mapping[str, Standing]) -> dict[str, Any]:
+    """An entry's numbers over the confirmation's runs (and a candidate's in the search), as search.json keeps
+    them."""
+    s = table.get(entry.label, Standing(entry.label))
+    out = {"label": entry.label, "preset": entry.preset,
+           "design_id": str(entry.design) if entry.design else "full", "mean": s.mean, "std": s.std,
+           "runs": s.runs, "per_task": s.per_task}
+    if entry.kind == "candidate":
+        out["search"] = {"score": search_stats[entry.label].mean, "runs": search_stats[entry.label].runs,
+                         "per_task": search_stats[entry.label].per_task}
+    return results.finite(out)  # NaN (no run, or one run's std) as None, as search.json keeps it
 
 
 def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Sequence[tuple[str, str]],
                  rows: Sequence[Entry], candidates: Mapping[str, Mapping[str, Any]],
                  baselines: Mapping[str, Mapping[str, Any]], winner: str, seeds: Sequence[int],
-                 args: argparse.Namespace, skipped: Mapping[str, str]) -> Path:
+                 spec: SearchSpec, skipped: Mapping[str, str]) -> Path:
     """confirm_report.md: the found design, the ranking of the candidates, and the results table with the
     baselines (`pdspace.report`: mean ± std over the seeds and what significance it computes)."""
     from pdspace import report as report_mod
@@ -206,7 +215,7 @@ def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Seq
     # each result's `_path` leads the report to its predictions.npz (the paired bootstrap over examples)
     table = report_mod.to_markdown(report_mod.build(mine, method_key="method", unreadable=list(unreadable)))
     c = candidates[winner]
-    md = [f"# Confirmation of pdspace-search `{args.name}`", "",
+    md = [f"# Confirmation of pdspace-search `{spec.name}`", "",
           f"**Found design: `{c['design_id']}`** ({winner}: mean objective {_mean_std(c)} "
           f"over {c['runs']} runs, seeds {','.join(map(str, seeds))}; {_fmt(c['search']['score'])} over "
           f"{c['search']['runs']} runs in the search).", "",

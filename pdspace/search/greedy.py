@@ -1,4 +1,4 @@
-"""The paper's greedy staged search S0 -> S1 -> S2 -> S3 -> S4 (`pdspace-search --strategy greedy`).
+"""The paper's greedy staged search S0 -> S1 -> S2 -> S3 -> S4 (`pdspace-search --search greedy`).
 
 Each stage is a sweep (a `pdspace-train -m space=...` subprocess: a crash or kill never
 takes the search down with it) plus a refinement that pins one dimension and writes the
@@ -11,7 +11,6 @@ completed job.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,11 @@ from omegaconf import OmegaConf
 
 from pdspace import results
 from pdspace.config import plain
-from pdspace.design.space import tunable_constraint
-from pdspace.search.cli import Setting, run_sweep, space_file
+from pdspace.design.space import parse_dimension, tunable_constraint
+from pdspace.search.engine import SearchSpec, Setting, run_sweep, space_file
+from pdspace.search.narrowing import write_space
 from pdspace.search.plans import dimension_options
+from pdspace.search.refine import refine
 
 log = logging.getLogger("pdspace.search")
 
@@ -48,28 +49,25 @@ def stages(num_groups: int = 4) -> tuple[Stage, ...]:
 STAGES = stages()
 
 
-def run_stage(stage: Stage, source: str, conf: Path, sweep: Path, args: argparse.Namespace,
-              overrides: list[str], setting: Setting) -> None:
+def run_stage(stage: Stage, source: str, conf: Path, sweep: Path, spec: SearchSpec, setting: Setting) -> None:
     """Sweep one stage's space (controlled stages split --samples over the dimension's options)."""
-    samples = args.samples
+    samples = spec.samples
     if stage.controlled:
         letters = plain(OmegaConf.load(space_file(conf, source, setting.config_dir)).space).get("letters")
-        samples = max(1, args.samples // len(dimension_options(stage.dimension, setting.num_layers,
+        samples = max(1, spec.samples // len(dimension_options(stage.dimension, setting.num_layers,
                                                                setting.num_groups, letters)))
-    run_sweep(f"stage {stage.key} ({stage.dimension})", source, conf, sweep, args, overrides, setting,
+    run_sweep(f"stage {stage.key} ({stage.dimension})", source, conf, sweep, spec, setting,
               [f"space.num_samples={samples}", f"space.controlled={stage.dimension if stage.controlled else 'null'}"])
 
 
-def search_greedy(args: argparse.Namespace, overrides: list[str], setting: Setting, root: Path,
-                  state: dict[str, Any], state_path: Path) -> tuple[dict[str, Any], list[Path]]:
+def search_greedy(spec: SearchSpec, setting: Setting, root: Path, state: dict[str, Any],
+                  state_path: Path) -> tuple[dict[str, Any], list[Path]]:
     """Run (or resume) every stage; returns the final space and the stages' sweep dirs."""
-    from pdspace.search.refine import refine, write_space
-
     conf = root / "conf"
-    source = args.space
+    source = spec.space
     sweeps = []
     for stage in stages(setting.num_groups):
-        name = f"{args.name}_{stage.key}"
+        name = f"{spec.name}_{stage.key}"
         sweep = root / stage.key
         if state["stages"].get(stage.key, {}).get("space") == name and (conf / "space" / f"{name}.yaml").exists():
             log.info("stage %s done before: %s", stage.key, state["stages"][stage.key]["winner"])
@@ -85,9 +83,9 @@ def search_greedy(args: argparse.Namespace, overrides: list[str], setting: Setti
                         provenance={"pdspace-search": f"stage {stage.key} skipped", "reason": untuned})
             winner = "-"
         else:
-            run_stage(stage, source, conf, sweep, args, overrides, setting)
+            run_stage(stage, source, conf, sweep, spec, setting)
             block = OmegaConf.to_container(OmegaConf.load(sweep / "multirun.yaml").space, resolve=True)
-            winner = refine(sweep, stage.dimension, space=block, config_dir=conf, name=name, wandb=args.wandb).winner
+            winner = refine(sweep, stage.dimension, space=block, config_dir=conf, name=name, wandb=spec.wandb).winner
             sweeps.append(sweep)
         state["stages"][stage.key] = {"dimension": stage.dimension, "winner": winner, "space": name,
                                       "sweep": None if untuned else str(sweep)}
@@ -104,9 +102,10 @@ def _untuned_group(stage: Stage, space_file: Path, num_groups: int) -> str | Non
 
 def untuned_reason(stage: Stage, tunable: Any, num_groups: int) -> str | None:
     """Why a strategy_gk stage has nothing to compare (group k untuned in every allowed mask), else None."""
-    if not stage.dimension.startswith("strategy_g"):
+    group = parse_dimension(stage.dimension)[1]
+    if group is None:
         return None
-    k = int(stage.dimension[10:]) - 1
+    k = group - 1
     if any(mask[k] for mask in tunable_constraint(tunable, num_groups).enumerate()):
         return None
     return f"group {k + 1} is not tuned in this space (tunable: {tunable})"

@@ -26,6 +26,8 @@ from pdspace.design.space import (
     DesignSpace,
     GroupingConstraint,
     all_masks,
+    mask_text,
+    parse_dimension,
     strategy_sets,
 )
 
@@ -49,13 +51,11 @@ class Job:
 
     def overrides(self) -> list[str]:
         """Hydra overrides that pin this job's design, task and seed (and its sweep subdir)."""
-        d = self.design
-        # untuned groups get "any": the job's Design blanks them, and "" is not a legal set
-        strategies = ",".join(s or "any" for s in d.strategies)
-        mask = "".join("1" if t else "0" for t in d.tunable)
-        out = [f"task={self.task}", f"seed={self.seed}", f"grouping.choice=[{','.join(map(str, d.groups))}]",
-               f"allocation.choice={d.allocation}", f"tunable.choice='{mask}'", f"strategy.choice=[{strategies}]",
-               f"hydra.sweep.subdir={self.idx}"]
+        # untuned groups' strategies read "any": the job's Design blanks them, and "" is not a legal set
+        c = self.design.choices()
+        out = [f"task={self.task}", f"seed={self.seed}", f"grouping.choice=[{','.join(map(str, c['grouping']))}]",
+               f"allocation.choice={c['allocation']}", f"tunable.choice='{c['tunable']}'",
+               f"strategy.choice=[{','.join(c['strategy'])}]", f"hydra.sweep.subdir={self.idx}"]
         return out + [f"+labels.{k}='{v}'" for k, v in self.labels.items()]
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,11 +65,9 @@ class Job:
 
 
 def space_of(block: Mapping[str, Any], num_layers: int, num_groups: int = 4) -> DesignSpace:
-    """The DesignSpace a `space:` config block describes, for a backbone with `num_layers` layers."""
-    block = plain(block)
-    return DesignSpace(num_layers, num_groups, grouping=block.get("grouping", "any"),
-                       allocation=block.get("allocation", "any"), tunable=block.get("tunable", "any"),
-                       strategies=block.get("strategy", "any"), letters=block.get("letters"))
+    """The DesignSpace a `space:` config block describes, for a backbone with `num_layers` layers
+    (`DesignSpace.from_block` of the block as plain containers)."""
+    return DesignSpace.from_block(plain(block), num_layers, num_groups)
 
 
 def dimension_options(dimension: str, num_layers: int, num_groups: int = 4, letters: str | None = None) -> list[str]:
@@ -86,10 +84,12 @@ def dimension_options(dimension: str, num_layers: int, num_groups: int = 4, lett
     if dimension == "allocation":
         return list(ALLOCATIONS)
     if dimension == "tunable":
-        return ["".join("1" if t else "0" for t in m) for m in all_masks(num_groups)]
-    if dimension.startswith("strategy_g") and dimension[10:].isdigit() and 1 <= int(dimension[10:]) <= num_groups:
-        return list(strategy_sets(letters))
-    raise PlanError(f"unknown dimension {dimension!r}; use grouping, allocation, tunable or strategy_g1..g{num_groups}")
+        return [mask_text(m) for m in all_masks(num_groups)]
+    try:
+        parse_dimension(dimension, num_groups)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    return list(strategy_sets(letters))
 
 
 def _with_option(design: Design, dimension: str, option: str, num_layers: int, rng: random.Random,
@@ -106,7 +106,7 @@ def _with_option(design: Design, dimension: str, option: str, num_layers: int, r
         # a group switched on needs a strategy set: draw one
         strategies = [s or rng.choice(sets) for s in strategies]
     else:
-        k = int(dimension[10:]) - 1
+        k = parse_dimension(dimension)[1] - 1
         mask[k], strategies[k] = True, option
         strategies = [s or rng.choice(sets) for s in strategies]
     return Design(groups, alloc, mask, [s if t else "" for s, t in zip(strategies, mask)])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,43 +129,8 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
           f"{len(study.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in states.items() if n)
           + (f" ({infeasible} of the failed: designs the budget cannot build, rejected before training)"
              if infeasible else "") + f"; {epochs} evaluations trained in all.", ""]
-    if top:
-        best, best_trials = ranking[0]
-        md += [f"**Best design: `{best.name}`** ({spec.objectives[0]} {best.mean:.4f}"
-               + (f", mean of {best.runs} trials" if best.runs > 1 else "")
-               + f", trial {', '.join(str(t.number) for t in best_trials)})", "",
-               f"Designs ranked by pdspace's rule ({RULE}); a design trained in several trials shows their means.",
-               "", "| rank | trials | design | " + " | ".join(spec.objectives) + " | curve |",
-               "|---|---|---|" + "---|" * len(spec.objectives) + "---|"]
-        for i, (standing, trials) in enumerate(ranking[:TOP_K], 1):
-            curve = " ".join(f"{v:.3f}" for v in results.curve(jobs.get(trials[0].number, {})))
-            means = [sum(t.values[j] for t in trials) / len(trials) for j in range(len(spec.objectives))]
-            md.append(f"| {i} | {', '.join(str(t.number) for t in trials)} | `{standing.name}` | "
-                      + " | ".join(f"{v:.4g}" for v in means) + f" | {curve} |")
-        md.append("")
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    if pruned:
-        md += ["Pruned runs (stopped after evaluation k of at most " + str(spec.max_resource) + "):", "",
-               "| trial | design | stopped after | last value |", "|---|---|---|---|"]
-        for t in pruned:
-            last = max(t.intermediate_values) if t.intermediate_values else 0
-            value = f"{t.intermediate_values[last]:.4f}" if t.intermediate_values else "-"
-            md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | {last} | {value} |")
-        md.append("")
-    if spec.multi_objective:
-        md += ["Pareto front:", "", "| trial | design | " + " | ".join(spec.objectives) + " |",
-               "|---|---|" + "---|" * len(spec.objectives)]
-        for t in sorted(study.best_trials, key=lambda t: rank_key(1, t.values[0], 1, t.user_attrs.get("design_id"))):
-            md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | "
-                      + " | ".join(f"{v:.4g}" for v in t.values) + " |")
-        md.append("")
-    md += ["Parameter importances (fANOVA on the first objective, over the parameters every completed trial has; "
-           "a strategy flag exists only where its group is tuned):", ""]
-    if isinstance(importances, dict):
-        md += ["| parameter | importance |", "|---|---|", *(f"| {k} | {v:.3f} |" for k, v in importances.items())]
-    else:
-        md.append(importances)
-    md += ["", *(f"![{k}]({p.name})" for k, p in paths.items()), ""]
+    md += _ranking_md(spec, ranking, jobs) + _pruned_md(spec, study) + _pareto_md(spec, study)
+    md += _importances_md(importances) + ["", *(f"![{k}]({p.name})" for k, p in paths.items()), ""]
     (sweep / f"{stem}.md").write_text("\n".join(md))
     summary = {"study": spec.name, "trials": len(study.trials), "states": states, "infeasible": infeasible,
                "evaluations": epochs, "best": None if not top else {
@@ -177,6 +141,63 @@ def study_report(spec: StudySpec, sweep_dir: str | Path, *, wandb: bool = False)
     if wandb:
         _log_wandb(summary, md, sweep)
     return summary
+
+
+def _ranking_md(spec: StudySpec, ranking: Sequence[tuple[Standing, list[Any]]],
+                jobs: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    """The best design and the top-k table, ranked by pdspace's rule (nothing without a completed trial)."""
+    if not ranking:
+        return []
+    best, best_trials = ranking[0]
+    md = [f"**Best design: `{best.name}`** ({spec.objectives[0]} {best.mean:.4f}"
+          + (f", mean of {best.runs} trials" if best.runs > 1 else "")
+          + f", trial {', '.join(str(t.number) for t in best_trials)})", "",
+          f"Designs ranked by pdspace's rule ({RULE}); a design trained in several trials shows their means.",
+          "", "| rank | trials | design | " + " | ".join(spec.objectives) + " | curve |",
+          "|---|---|---|" + "---|" * len(spec.objectives) + "---|"]
+    for i, (standing, trials) in enumerate(ranking[:TOP_K], 1):
+        curve = " ".join(f"{v:.3f}" for v in results.curve(jobs.get(trials[0].number, {})))
+        means = [sum(t.values[j] for t in trials) / len(trials) for j in range(len(spec.objectives))]
+        md.append(f"| {i} | {', '.join(str(t.number) for t in trials)} | `{standing.name}` | "
+                  + " | ".join(f"{v:.4g}" for v in means) + f" | {curve} |")
+    return md + [""]
+
+
+def _pruned_md(spec: StudySpec, study: Any) -> list[str]:
+    """The pruned trials and the evaluation each stopped after (nothing when none was pruned)."""
+    from optuna.trial import TrialState
+
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    if not pruned:
+        return []
+    md = ["Pruned runs (stopped after evaluation k of at most " + str(spec.max_resource) + "):", "",
+          "| trial | design | stopped after | last value |", "|---|---|---|---|"]
+    for t in pruned:
+        last = max(t.intermediate_values) if t.intermediate_values else 0
+        value = f"{t.intermediate_values[last]:.4f}" if t.intermediate_values else "-"
+        md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | {last} | {value} |")
+    return md + [""]
+
+
+def _pareto_md(spec: StudySpec, study: Any) -> list[str]:
+    """A multi-objective study's Pareto front (nothing for one objective)."""
+    if not spec.multi_objective:
+        return []
+    md = ["Pareto front:", "", "| trial | design | " + " | ".join(spec.objectives) + " |",
+          "|---|---|" + "---|" * len(spec.objectives)]
+    for t in sorted(study.best_trials, key=lambda t: rank_key(1, t.values[0], 1, t.user_attrs.get("design_id"))):
+        md.append(f"| {t.number} | `{t.user_attrs.get('design_id')}` | "
+                  + " | ".join(f"{v:.4g}" for v in t.values) + " |")
+    return md + [""]
+
+
+def _importances_md(importances: Mapping[str, float] | str) -> list[str]:
+    md = ["Parameter importances (fANOVA on the first objective, over the parameters every completed trial has; "
+          "a strategy flag exists only where its group is tuned):", ""]
+    if isinstance(importances, dict):
+        return md + ["| parameter | importance |", "|---|---|",
+                     *(f"| {k} | {v:.3f} |" for k, v in importances.items())]
+    return md + [importances]
 
 
 def write_study_reports(specs: Mapping[str, StudySpec], sweep_dir: str | Path, *, wandb: bool = False) -> None:
@@ -193,18 +214,13 @@ def write_study_reports(specs: Mapping[str, StudySpec], sweep_dir: str | Path, *
 
 
 def _log_wandb(summary: Mapping[str, Any], md: list[str], sweep: Path) -> None:
-    try:
-        import wandb
+    from pdspace.tracking import log_report
 
-        from pdspace.tracking import wandb_mode
-
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "pdspace"), job_type="study",
-                         group=sweep.resolve().name, name=f"study-{summary['study']}", dir=str(sweep),
-                         mode=wandb_mode(None), reinit="create_new", config={"study": summary["study"]})
+    def fill(run: Any, wandb: Any) -> None:
         run.log({f"study/{k}": wandb.Image(v) for k, v in summary["files"].items()})
         run.log({"study/report": wandb.Html("<pre>" + "\n".join(md) + "</pre>")})
         if summary["best"]:
             run.summary["best_design"] = summary["best"]["design_id"]
-        run.finish()
-    except Exception as e:  # noqa: BLE001 - W&B is a mirror
-        warnings.warn(f"W&B logging of the study report failed ({type(e).__name__}: {e})", stacklevel=2)
+
+    log_report("study", f"study-{summary['study']}", fill, what="the study report", sweep=sweep,
+               config={"study": summary["study"]})
