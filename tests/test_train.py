@@ -197,3 +197,24 @@ def test_dry_run_of_a_hub_backbone_needs_only_its_config(launch, tmp_path):
     assert r["status"] == "dry_run" and r["design_id"] == "g4-8-8-4.alloc-uniform.tune-1111.A+L|A+P|A+P+B|P+B+L"
     assert r["params"]["backbone_params"] == 222_903_552
     assert abs(r["params"]["fraction"] / 0.005 - 1) < 0.005
+
+
+# the paper's settings (Chen et al., ICLR 2023, Sec. 5): lr 5e-5, max length 128, 3 search epochs; effective
+# batch 128 on base backbones, 64 on large and 3b ones; 0.5 % trainable (BitFit and full FT: no budget)
+PAPER_PRESETS = {"adapter": ("adapter", 128, 0.005), "prefix": ("prefix", 128, 0.005), "lora": ("lora", 128, 0.005),
+                 "bitfit": ("bitfit", 128, None), "full_finetune": ("full_finetune", 128, None),
+                 "s4_t5_base": ("s4_model", 128, 0.005), "s4_roberta_base": ("s4_model", 128, 0.005),
+                 "s4_bart_base": ("s4_model", 128, 0.005), "s4_roberta_large": ("s4_model", 64, 0.005),
+                 "s4_bart_large": ("s4_model", 64, 0.005), "s4_3b_t5_3b": ("s4_3b_model", 64, 0.005)}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
+def test_every_method_preset_builds_on_the_one_paper_settings_preset(preset):
+    method, batch, budget = PAPER_PRESETS[preset]
+    text = (CONF / "experiment" / f"{preset}.yaml").read_text()
+    assert "  - paper_settings\n" in text and "lr:" not in text and "max_epochs" not in text
+    for extra in ([], ["final"]):
+        cfg = compose_train(f"experiment=[{','.join([preset, *extra])}]")
+        assert (cfg.optimizer.lr, cfg.task.max_length, cfg.data.effective_batch_size) == (5e-5, 128, batch)
+        assert cfg.budget_fraction == budget and cfg.trainer.max_epochs == (10 if extra else 3)
+        assert cfg.method == method
