@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from pdspace.design.space import Design
-from pdspace.errors import PDSpaceError
+from pdspace.errors import PDSpaceError, exit_error
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import (
     PatchReport,
@@ -31,7 +30,12 @@ from pdspace.peft.patch import (
     load_trainable_state_dict,
     trainable_state_dict,
 )
-from pdspace.peft.strategies import PatchModule, WrappedLinear, parse_options, strategies
+from pdspace.peft.strategies import (
+    PatchModule,
+    WrappedLinear,
+    parse_options,
+    strategies,
+)
 
 CONFIG_FILE = "pdspace_config.json"
 WEIGHTS_FILE = "pdspace_model.safetensors"
@@ -261,7 +265,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, to_peft: bool = Fals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script `pdspace-export RUN_DIR OUT_DIR [--peft]`: a user error exits 1 with one line."""
+    """Console script `pdspace-export RUN_DIR OUT_DIR [--peft]`: a user error exits 1 with one line
+    (`pdspace.errors`)."""
     parser = argparse.ArgumentParser(prog="pdspace-export", description=export_run.__doc__)
     parser.add_argument("run_dir", help="a finished run's dir (holds result.json and best_trainable.pt)")
     parser.add_argument("out_dir", help="where to write the saved design")
@@ -272,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export_run(args.run_dir, args.out_dir, to_peft=args.peft)
     except (PDSpaceError, ResultError, OSError) as e:
-        sys.exit(f"pdspace-export: error: {e}")
+        exit_error("pdspace-export", e)
     print(f"saved {out}")
     return 0
 

@@ -35,6 +35,7 @@ import numpy as np
 from pdspace import results as results_io
 from pdspace import stats
 from pdspace.data.tasks import DataError, get_task, task_spec
+from pdspace.errors import exit_error
 from pdspace.results import RESULT_FILE
 from pdspace.search.ordering import rank_key
 from pdspace.tracking import log_report
@@ -443,7 +444,7 @@ def log_wandb(report: Report) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script `pdspace-report`: bad input exits 2 with one error line."""
+    """Console script `pdspace-report`: bad input exits 1 with one error line (`pdspace.errors`)."""
     parser = argparse.ArgumentParser(prog="pdspace-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="run or sweep dirs, searched recursively for result.json")
     parser.add_argument("--method-key", help="dotted result.json key naming a row, e.g. design_id or "
@@ -470,8 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for w in caught:
         print(f"pdspace-report: warning: {w.message}", file=sys.stderr)
     if error is not None:
-        print(f"pdspace-report: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_error("pdspace-report", error)
     markdown = to_markdown(report)
     print(markdown, end="")
     if args.out:
