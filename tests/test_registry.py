@@ -122,15 +122,25 @@ def test_a_strategy_letter_must_be_free():
         register(Strategy("qq", "qq", "QQ", None, bitfit_cost, apply_bitfit))
 
 
-def test_a_new_strategy_is_one_registration(monkeypatch):
+@pytest.fixture
+def unregister_after():
+    """Letters a test registers, unregistered again after it."""
+    from pdspace.design.registry import strategies, unregister
+
+    letters: list[str] = []
+    yield letters
+    for letter in letters:
+        if letter in strategies():
+            unregister(letter)
+
+
+def test_a_new_strategy_is_one_registration(unregister_after):
     """A plug-in outside pdspace: LoRA on the attention output projection, letter O, option `olora_alpha`."""
     from dataclasses import dataclass
 
-    from pdspace.design import DesignSpace, StrategyCost, space
+    from pdspace.design import DesignSpace, StrategyCost
     from pdspace.peft.families import get
     from pdspace.peft.strategies import LoraLinear, Strategy, register
-
-    monkeypatch.setattr(space, "_REGISTRY", dict(space._REGISTRY))  # unregistered again after the test
 
     @dataclass(frozen=True)
     class OOptions:
@@ -147,6 +157,7 @@ def test_a_new_strategy_is_one_registration(monkeypatch):
             params += [wrapped.lora_A, wrapped.lora_B]
         return params
 
+    unregister_after.append("O")
     register(Strategy("O", "olora", "O-LoRA", "olora_rank", cost, attach, OOptions))
     # designs, ids, spaces, the solver, apply_design, the dry-run table and the options all know it
     design = Design([6, 6, 6, 6], "uniform", None, ["OA", "O", "IO", "L"])

@@ -1,4 +1,4 @@
-"""Design spaces (dimensions, constraints, sampling, ids) and the budget solver."""
+"""Design spaces (dimensions, constraints, sampling, ids), the strategy registry and the budget solver."""
 
 from pdspace.design.budget import (
     DEFAULT_BUDGET_FRACTION,
@@ -7,6 +7,7 @@ from pdspace.design.budget import (
     StrategyCost,
     solve_budget,
 )
+from pdspace.design.registry import StrategyInfo
 from pdspace.design.space import (
     ALLOCATIONS,
     GROUPING_PATTERNS,
@@ -25,6 +26,6 @@ from pdspace.design.space import (
 __all__ = [
     "ALLOCATIONS", "DEFAULT_BUDGET_FRACTION", "GROUPING_PATTERNS", "NAMED_DESIGNS", "STRATEGY_LETTERS",
     "BudgetError", "BudgetSolution", "Design", "DesignSpace", "GroupingConstraint", "StrategyConstraint",
-    "StrategyCost", "allocation_constraint", "grouping_matches", "named_design", "solve_budget",
+    "StrategyCost", "StrategyInfo", "allocation_constraint", "grouping_matches", "named_design", "solve_budget",
     "tunable_constraint",
 ]

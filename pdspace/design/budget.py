@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pdspace.design.space import Design, registered_strategies
+from pdspace.design import registry
+from pdspace.design.space import Design
 from pdspace.errors import PDSpaceError
 
 DEFAULT_BUDGET_FRACTION = 0.005
@@ -76,7 +77,7 @@ def allocation_weights(allocation: str, n: int) -> list[float]:
 
 def _fixed_titles(letters: Iterable[str], costs: Mapping[str, StrategyCost]) -> str:
     """'BitFit', 'BitFit/IA3': the fixed-size strategies among `letters` (what a user would drop)."""
-    return "/".join(registered_strategies()[s].title for s in dict.fromkeys(letters) if not costs[s].unit)
+    return "/".join(registry.strategies()[s].title for s in dict.fromkeys(letters) if not costs[s].unit)
 
 
 def _group_label(design: Design, group: int) -> str:
@@ -218,7 +219,7 @@ def solve_budget(
                 x = (share / len(sized) - c.fixed) / c.unit
                 # a layer clamped at its floor gets x = 0.5 up to float error
                 if x < 0.5 - 1e-9:
-                    info = registered_strategies()[s]
+                    info = registry.strategies()[s]
                     raise BudgetError(
                         f"{label}: {info.name} in layer {i} would get {info.size_name}={x:.2f} < 0.5, which "
                         f"rounds to 0 (its share is {share / len(sized):,.0f} params, size 1 costs {c.params(1):,}); "

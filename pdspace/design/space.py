@@ -2,8 +2,8 @@
 
 A *design* is one point: layer groups, an allocation pattern, the tuned groups, and per
 group a set of PEFT strategies, each named by the letter it registered with
-(`pdspace.peft.strategies`; this module keeps only what designs need of them). A
-*constraint* is the set of values one dimension may take; a `DesignSpace` combines four
+(`pdspace.design.registry`, the one registry; `pdspace.peft.strategies` registers the
+shipped ones). A *constraint* is the set of values one dimension may take; a `DesignSpace` combines four
 constraints and samples distinct designs.
 """
 
@@ -15,59 +15,26 @@ import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-# the paper's four strategies (Adapter, Prefix, BitFit, LoRA): the letters a space draws from by default
-STRATEGY_LETTERS = "APBL"
+from pdspace.design import registry
+from pdspace.design.registry import STRATEGY_LETTERS
+
 ALLOCATIONS = ("increasing", "uniform", "decreasing")
 GROUPING_PATTERNS = ("increasing", "uniform", "decreasing", "spindle", "bottleneck", "any")
 DEFAULT_NUM_GROUPS = 4
 
 
-class StrategyInfo(Protocol):
-    """What designs and the solver need to know of a strategy (`pdspace.peft.strategies.Strategy` has more)."""
-
-    letter: str
-    name: str
-    title: str
-    size_name: str | None
-
-
-_REGISTRY: dict[str, StrategyInfo] = {}
-
-
-def register_strategy(info: StrategyInfo) -> None:
-    """Make a strategy's letter known to designs, spaces and the solver (`pdspace.peft.strategies.register`)."""
-    letter = info.letter
-    if len(letter) != 1 or not ("A" <= letter <= "Z"):
-        raise ValueError(f"strategy letter {letter!r} must be one upper-case letter A-Z")
-    for other in _REGISTRY.values():
-        clash = other.name == info.name or (info.size_name and other.size_name == info.size_name)
-        if other.letter != letter and clash:
-            raise ValueError(f"strategy {info.letter} ({info.name}) clashes with {other.letter} ({other.name}): "
-                             "names and size names must be unique")
-    if letter in _REGISTRY and _REGISTRY[letter].name != info.name:
-        raise ValueError(f"strategy letter {letter!r} is taken by {_REGISTRY[letter].name}; choose another letter")
-    _REGISTRY[letter] = info
-
-
-def registered_strategies() -> Mapping[str, StrategyInfo]:
-    """Registered strategies by letter, in canonical order: A, P, B, L, then the others as registered."""
-    order = {ch: i for i, ch in enumerate(STRATEGY_LETTERS)}
-    letters = sorted(_REGISTRY, key=lambda ch: (order.get(ch, len(order)), list(_REGISTRY).index(ch)))
-    return {ch: _REGISTRY[ch] for ch in letters}
-
-
 def _letters_help(letters: Iterable[str]) -> str:
-    strategies = registered_strategies()
-    return ", ".join(f"{ch} ({strategies[ch].title})" for ch in letters if ch in strategies)
+    known = registry.strategies()
+    return ", ".join(f"{ch} ({known[ch].title})" for ch in letters if ch in known)
 
 
 def normalize_strategies(value: str | Iterable[str], group: int | None = None) -> str:
     """Canonical strategy string for one group: registered letters in canonical order (A, P, B, L, ...), e.g. 'APB'."""
     letters = value.replace("+", "").replace(" ", "") if isinstance(value, str) else "".join(value)
     where = f" in group {group + 1}" if group is not None else ""
-    known = registered_strategies()
+    known = registry.strategies()
     for ch in letters:
         if ch.upper() not in known:
             raise ValueError(f"unknown strategy letter {ch!r}{where}; use letters from {_letters_help(known)}, "
@@ -474,7 +441,7 @@ class StrategyConstraint(Constraint):
             )
         pool = strategy_sets(letters)
         self.letters = pool[-1]  # the whole pool, canonical order
-        universe = strategy_sets("".join(registered_strategies()))
+        universe = strategy_sets("".join(registry.strategies()))
         self.per_group = [
             ChoiceConstraint(s, universe, parse=lambda v, i=i: normalize_strategies(v, i),
                              label=f"group {i + 1} strategy set", any_values=pool)

@@ -3,9 +3,11 @@
 A strategy is one module (`ia3.py` here is a whole one; a plug-in may live anywhere). It
 states its letter, name and size name, its options (a dataclass), its cost in a layer
 (`fixed + unit * size`), how it attaches to a `LayerSpec`, and, where it has them, its merge
-rule (the `merge` of the module it inserts) and its HF peft form. `register(Strategy(...))` makes it known: designs
-accept its letter, the solver sizes it, `apply_design` inserts it, the dry-run table shows
-it, spaces with its letter draw it, and `apply_design(..., <name>_<option>=...)` sets it.
+rule (the `merge` of the module it inserts) and its HF peft form. `register(Strategy(...))`
+adds it to the one registry (`pdspace.design.registry`; `register` and `strategies` here are
+that registry's): designs accept its letter, the solver sizes it, `apply_design` inserts it,
+the dry-run table shows it, spaces with its letter draw it, and `apply_design(...,
+<name>_<option>=...)` sets it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from pdspace.design.budget import StrategyCost
-from pdspace.design.space import register_strategy, registered_strategies
+from pdspace.design.registry import register, strategies  # noqa: F401  (the one registry, re-exported)
 from pdspace.peft.families import LayerSpec
 
 
@@ -110,17 +112,6 @@ class Strategy:
     def option_keys(self) -> dict[str, str]:
         """Flat option key -> field of `options` ('lora_alpha' -> 'alpha')."""
         return {f"{self.name}_{f.name}": f.name for f in dataclasses.fields(self.options)}
-
-
-def register(strategy: Strategy) -> Strategy:
-    """Add `strategy` to the design space (re-registering the same letter and name replaces it)."""
-    register_strategy(strategy)
-    return strategy
-
-
-def strategies() -> dict[str, Strategy]:
-    """Every registered strategy by letter, in canonical order (A, P, B, L, then as registered)."""
-    return registered_strategies()  # type: ignore[return-value]  (every registered strategy is a Strategy)
 
 
 def parse_options(flat: Mapping[str, Any]) -> dict[str, Any]:
