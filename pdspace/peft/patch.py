@@ -185,21 +185,14 @@ def apply_design(
     LoRA, IA3, any registered one) with the solved sizes, and unfreezes exactly the PEFT
     parameters (and the task head when `train_head`). `sizes` (e.g. {"lora_rank": 8}) skips the
     solver and gives every tuned layer the same sizes (a list: one mapping per layer). `options`
-    are the strategies' options as `<name>_<field>`: `lora_alpha` (8.0; each LoRA module is
-    scaled by `lora_alpha / r`, r the rank solved for its layer, as HF peft does), `lora_rslora`
-    (`lora_alpha / sqrt(r)`), `lora_dropout`, `adapter_activation` ('relu'), `adapter_placement`
-    ('ffn' or 'attn_ffn'), `prefix_init_std` (0.02), `prefix_reparam_dim` (0: no MLP).
+    are the strategies' options as `<name>_<field>` (`option_defaults()` lists them with their
+    defaults): `lora_alpha` (8.0; each LoRA module is scaled by `lora_alpha / r`, r the rank
+    solved for its layer, as HF peft does), `lora_rslora` (`lora_alpha / sqrt(r)`),
+    `lora_dropout`, `adapter_activation` ('relu'), `adapter_placement` ('ffn' or 'attn_ffn'),
+    `prefix_init_std` (0.02), `prefix_reparam_dim` (0: no MLP).
     """
     parsed = parse_options(options)
-    layers = layer_map(model)
-    if len(layers) != design.num_layers:
-        stacks = {s: sum(1 for x in layers if x.stack == s) for s in ("encoder", "decoder")}
-        raise ValueError(
-            f"design {design} covers {design.num_layers} layers but {type(model).__name__} has {len(layers)} "
-            f"({stacks['encoder']} encoder + {stacks['decoder']} decoder); use groups summing to {len(layers)}"
-        )
-    if any(isinstance(m, PatchModule) for m in model.modules()):
-        raise ValueError("model is already patched by pdspace; patch a fresh copy of the backbone")
+    layers = _patchable_layers(model, design)
     backbone, head = count_params(model)
     costs = [_costs(layer, parsed) for layer in layers]
     if sizes is not None:
@@ -211,12 +204,38 @@ def apply_design(
     if train_head:
         for m in head_modules(model):
             m.requires_grad_(True)
-    groups = design.layer_group()
     report = PatchReport(design, backbone, 0, head, sol.target_params, sol.budget_fraction, notes=list(sol.notes),
                          options=flat_options(parsed))
     if not train_head and head:
         report.notes.append(f"task head ({head:,} params) left frozen")
+    letter_of = _insert(model, design, layers, sol, parsed, report)
+    model.pdspace_report = report
+    # which strategy trains each parameter (by name, so it survives deepcopy and pickling): per-strategy learning rates
+    model.pdspace_param_letters = {n: letter_of[id(p)] for n, p in model.named_parameters() if id(p) in letter_of}
+    return report
+
+
+def _patchable_layers(model: nn.Module, design: Design) -> list[LayerSpec]:
+    """The model's layers, refused when `design` covers another count or pdspace already patched the model."""
+    layers = layer_map(model)
+    if len(layers) != design.num_layers:
+        stacks = {s: sum(1 for x in layers if x.stack == s) for s in ("encoder", "decoder")}
+        raise ValueError(
+            f"design {design} covers {design.num_layers} layers but {type(model).__name__} has {len(layers)} "
+            f"({stacks['encoder']} encoder + {stacks['decoder']} decoder); use groups summing to {len(layers)}"
+        )
+    if any(isinstance(m, PatchModule) for m in model.modules()):
+        raise ValueError("model is already patched by pdspace; patch a fresh copy of the backbone")
+    return layers
+
+
+def _insert(model: nn.Module, design: Design, layers: list[LayerSpec], sol: BudgetSolution,
+            parsed: Mapping[str, Any], report: PatchReport) -> dict[int, str]:
+    """Attach every layer's strategies at the solved sizes (in `order` within a layer), unfreeze their parameters,
+    fill `report` with the layers and the count, and run each used strategy's `finish` once; returns the letter
+    that trains each new parameter, by `id`."""
     in_order = sorted(strategies().values(), key=lambda s: s.order)
+    groups = design.layer_group()
     used = set()
     letter_of: dict[int, str] = {}
     for layer, row in zip(layers, sol.sizes):
@@ -238,10 +257,7 @@ def apply_design(
     for s in in_order:
         if s.letter in used and s.finish is not None:
             s.finish(model)
-    model.pdspace_report = report
-    # which strategy trains each parameter (by name, so it survives deepcopy and pickling): per-strategy learning rates
-    model.pdspace_param_letters = {n: letter_of[id(p)] for n, p in model.named_parameters() if id(p) in letter_of}
-    return report
+    return letter_of
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
