@@ -3,6 +3,7 @@ every strategy against the shipped table, determinism."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,17 @@ def test_a_strategy_that_cannot_stay_within_a_budget_has_no_result_there():
     assert regrets["greedy"][4] == [] and len(regrets["greedy"][64]) == 2
     assert len(regrets["random"][4]) == 2  # two designs of 2 epochs
     assert "– (over budget)" in replay.markdown(regrets, [4, 64], 0.01)
+
+
+def test_the_strategies_are_the_searches_and_the_study_searches_with_a_pruner():
+    from pdspace.search import study
+    from pdspace.search.engine import PRUNERS, SEARCHES
+
+    assert replay.STRATEGIES[:len(SEARCHES)] == SEARCHES
+    assert set(replay.STRATEGIES[len(SEARCHES):]) == {f"{s}+{p}" for s in study.SEARCHES for p in PRUNERS[1:]}
+    assert all(s in replay.STRATEGIES for s in replay.DEFAULT_STRATEGIES.split(","))
+    assert replay.parse_strategy("tpe+hyperband") == ("tpe", "hyperband")
+    assert replay.parse_strategy("random+none") == ("random", "none")
+    for bad in ("greedy+hyperband", "greedy+none", "tpe+bohb", "bohb"):
+        with pytest.raises(SystemExit, match=re.escape(f"unknown strategy '{bad}'; use greedy, random, or a sampler")):
+            replay.parse_strategy(bad)

@@ -44,6 +44,8 @@ from pdspace.search.engine import best_design as best_design  # noqa: F401 - kep
 from pdspace.search.runner import search
 
 PROG = "pdspace-search"
+# the searches that run as one sweep of a study (all but greedy's stages), as the help names them
+ONE_SWEEP = "/".join(s for s in SEARCHES if s != "greedy")
 
 
 class _Deprecated(argparse.Action):
@@ -67,12 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", default=d.config_dir, help="your config dir (spaces, presets, backbones), "
                                                               "searched before the packaged one")
     p.add_argument("--search", default=d.search, choices=SEARCHES,
-                   help="greedy: the paper's stages S0->S4; random/tpe/gp: one sweep of --trials designs")
+                   help=f"greedy: the paper's stages S0->S4; {ONE_SWEEP}: one sweep of --trials designs")
     p.add_argument("--strategy", dest="search", choices=SEARCHES, action=_Deprecated, default=argparse.SUPPRESS,
                    help="deprecated: the old name of --search")
-    p.add_argument("--pruner", default=d.pruner, choices=PRUNERS, help="stop weak designs early (random/tpe/gp)")
-    p.add_argument("--trials", default=d.trials, type=int, help="designs a random/tpe/gp search trains (default: "
-                                                                "--samples)")
+    p.add_argument("--pruner", default=d.pruner, choices=PRUNERS, help=f"stop weak designs early ({ONE_SWEEP})")
+    p.add_argument("--trials", default=d.trials, type=int,
+                   help=f"designs a {ONE_SWEEP} search trains (default: --samples)")
     p.add_argument("--tasks", default=list(d.tasks), type=lambda s: s.split(","), help="comma-separated tasks")
     p.add_argument("--seeds", default=list(d.seeds), type=lambda s: [int(x) for x in s.split(",")],
                    help="training seeds")

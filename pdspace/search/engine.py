@@ -2,14 +2,21 @@
 
 The search side of pdspace, bottom up (each module imports only those above it in this list):
 
+- `pdspace.search.ordering` (the one rule of "best"), `pdspace.search.plans` (a sweep's designs),
+  `pdspace.search.study` (Optuna studies);
 - `pdspace.search.engine` (this module): what a search is given (`SearchSpec`, plain fields, no argparse),
   its checks, the backbone's shape (`Setting`), the one list of searches (`SEARCHES`), running a sweep as a
   `pdspace-train -m` subprocess (signals forwarded, no orphans), ranking the completed designs of a final
   space, and the found design's experiment preset and command (`finish`);
+- refinement, `pdspace-refine`: `pdspace.search.analysis` (an option's statistics, the winner),
+  `pdspace.search.narrowing` (the narrowed space), `pdspace.search.refine_report` (its report), run by
+  `pdspace.search.refine`;
 - `pdspace.search.greedy`: the paper's staged search S0 -> S4 (each stage refined by `pdspace.search.refine`);
 - `pdspace.search.confirm`: the confirmation stage that retrains the top designs and the baselines;
 - `pdspace.search.runner`: one search from start (or resume) to the found design: `search(spec)`;
 - `pdspace.search.cli`: `pdspace-search`, the command line of `runner.search`.
+
+(`pdspace.search.sweeps` and `study_report` are the sweeper's side: a multirun's jobs and a study's report.)
 
 A search's stored state is `<dir>/search.json` (`STATE_FILE`); its settings keep the search under the key
 `strategy`, as searches started before this layout stored it, so those resume.
