@@ -9,21 +9,24 @@ user as one line naming it and its fix (`one_line_errors`), never as a traceback
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
 import sys
+import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from pdspace.design import registry
 from pdspace.errors import PDSpaceError
 
 SCHEMA_NAME = "pdspace_train_schema"
@@ -53,36 +56,53 @@ class BackboneConf:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class SizesConf:
-    """Fixed module sizes (`peft.sizes.lora_rank=8`): every tuned layer gets them and the budget solver is skipped.
+# ------------------------------------------------------------------------------------- the peft: block
+# Built from the strategy registry: beside its own keys (full_finetune, sizes, train_head), `peft.<name>_<option>`
+# for every option of every registered strategy, typed and defaulted by that strategy's options dataclass, and
+# `peft.sizes.<size_name>` for every sized strategy. A strategy registered later rebuilds and re-stores it
+# (`_registry_changed`), so a plug-in imported before Hydra composes has its keys too.
 
-    All null (the default): no fixed sizes, the solver sizes every module. A registered strategy with another
-    size adds its key with `+peft.sizes.<its size>=N`."""
-
-    adapter_dim: Optional[int] = None
-    prefix_len: Optional[int] = None
-    lora_rank: Optional[int] = None
+_OPTION_TYPES = (bool, int, float, str)
 
 
-@dataclass
-class PeftConf:
-    """How the strategy modules are built (the budget solver sizes them)."""
+def _schema_type(hint: Any) -> Any:
+    """An option's annotation as the schema types it: bool, int, float, str or Optional of one; Any otherwise."""
+    args = set(typing.get_args(hint))
+    optional = typing.get_origin(hint) is typing.Union and len(args) == 2 and type(None) in args
+    return hint if hint in _OPTION_TYPES or (optional and args <= {type(None), *_OPTION_TYPES}) else Any
 
-    full_finetune: bool = False
-    # fixed sizes instead of the budget solver; a node (never null by default), so that `peft.sizes.lora_rank=8`
-    # and `peft.sizes={lora_rank: 8}` both work: OmegaConf cannot set a key of, or merge a dict into, a null node
-    sizes: Optional[SizesConf] = field(default_factory=SizesConf)
-    train_head: bool = True
-    lora_alpha: float = 8.0
-    lora_rslora: bool = False
-    lora_dropout: float = 0.0
-    adapter_activation: str = "relu"
-    # 'ffn': Houlsby's feed-forward adapter; 'attn_ffn': both of his (after attention and feed-forward)
-    adapter_placement: str = "ffn"
-    prefix_init_std: float = 0.02
-    # > 0: the prefix is an MLP (d -> this -> tanh -> keys/values) of trainable embeddings, counted in the budget
-    prefix_reparam_dim: int = 0
+
+def _schema_default(value: Any) -> Any:
+    return value if value is None or isinstance(value, _OPTION_TYPES) else field(
+        default_factory=lambda: copy.deepcopy(value))
+
+
+def _peft_schemas() -> tuple[type, type]:
+    """(SizesConf, PeftConf) of the strategies registered now."""
+    from pdspace.peft.strategies import option_defaults, option_types  # (its import registers the shipped ones)
+
+    sizes = make_dataclass("SizesConf", [(s.size_name, Optional[int], None) for s in registry.strategies().values()
+                                         if s.size_name])
+    sizes.__doc__ = ("Fixed module sizes (`peft.sizes.lora_rank=8`): every tuned layer gets them and the budget "
+                     "solver is skipped. One key per registered sized strategy; all null (the default): no fixed "
+                     "sizes, the solver sizes every module.")
+    types = option_types()
+    peft = make_dataclass("PeftConf", [
+        ("full_finetune", bool, False),
+        # fixed sizes instead of the budget solver; a node (never null by default), so that `peft.sizes.lora_rank=8`
+        # and `peft.sizes={lora_rank: 8}` both work: OmegaConf cannot set a key of, or merge a dict into, a null node
+        ("sizes", Optional[sizes], field(default_factory=sizes)),
+        ("train_head", bool, True),
+        *((key, _schema_type(types[key]), _schema_default(value)) for key, value in option_defaults().items()),
+    ])
+    peft.__doc__ = ("How the strategy modules are built (the budget solver sizes them): full fine-tuning, fixed "
+                    "sizes, the task head, and every registered strategy's options as `<name>_<option>` "
+                    "(lora_alpha, ...) with the defaults of its options dataclass.")
+    sizes.__module__ = peft.__module__ = __name__
+    return sizes, peft
+
+
+SizesConf, PeftConf = _peft_schemas()
 
 
 @dataclass
@@ -174,7 +194,8 @@ class TrainConf:
     logger: Any = None
     callbacks: Any = None
     space: Optional[SpaceConf] = None
-    peft: PeftConf = field(default_factory=PeftConf)
+    # built from the strategy registry (the current class: rebuilt when a strategy registers late)
+    peft: PeftConf = field(default_factory=lambda: PeftConf())
     optimizer: Any = None
     scheduler: SchedulerConf = field(default_factory=SchedulerConf)
     data: DataConf = field(default_factory=DataConf)
@@ -238,6 +259,17 @@ TYPED_BLOCKS = {"peft": PeftConf, "data": DataConf, "scheduler": SchedulerConf, 
                 "strategy": DimensionConf}
 
 
+def _registry_changed() -> None:
+    """A strategy was registered or removed: rebuild the `peft:` schema from the registry and store it again."""
+    global SizesConf, PeftConf
+    SizesConf, PeftConf = _peft_schemas()
+    TYPED_BLOCKS["peft"] = PeftConf
+    register()
+
+
+registry.on_change(_registry_changed)
+
+
 def _check_known_keys(cfg: Any) -> None:
     # `+key=value` force-adds a top-level key the schema does not know; nothing would ever read it
     top = set(TrainConf.__dataclass_fields__) | {"hydra", "output_dir"}  # output_dir: a run without Hydra
@@ -293,9 +325,7 @@ def _check_sizes(sizes: Any) -> None:
         return
     if not isinstance(sizes, Mapping):
         raise ConfigError(f"peft.sizes={sizes!r} must map module sizes to integers, e.g. peft.sizes.lora_rank=8")
-    from pdspace.peft.strategies import strategies
-
-    names = {s.size_name: letter for letter, s in strategies().items() if s.size_name}
+    names = {s.size_name: letter for letter, s in registry.strategies().items() if s.size_name}
     for name, value in sizes.items():
         if str(name) not in names and str(name) not in names.values():
             raise ConfigError(f"peft.sizes.{name}: not a module size; use {', '.join(names)}, e.g. "

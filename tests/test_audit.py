@@ -71,6 +71,12 @@ ROWS = [
      "optimizer.lr_scale.X: Key 'X' is not in struct; known keys: A, B, I, L, P, backbone, head", NOTHING),
     ("L02", "pdspace-train", ["optimizer.lr_scale.P=-1", *B], 1, "optimizer.lr_scale.P=-1 is not a number > 0",
      NOTHING),
+    # a strategy option is a peft key because its options dataclass has it (IA3's feedforward: k and v only)
+    ("I01", "pdspace-train", ["peft.ia3_feedforward=false", "strategy.choice=[I,I,I,I]", *B, "dry_run=true"], 0,
+     "trainable        768 ("),
+    ("I02", "pdspace-train", ["peft.ia3_x=1", *B], 1, "peft.ia3_x: Key 'ia3_x' not in 'PeftConf'; known keys", NOTHING),
+    ("I03", "pdspace-train", ["+peft.ia3_x=1", *B], 1, "peft.ia3_x: Key 'ia3_x' not in 'PeftConf'; known keys of peft",
+     NOTHING),
     ("A32", "pdspace-train", [*SPACE, "space.search=tpe", "space.trials=2",
                               "space.storage=postgresql://127.0.0.1:1/db"], 1, POSTGRES),
     ("A32b", "pdspace-train", [*SPACE, "space.search=tpe", "space.trials=2",

@@ -98,6 +98,18 @@ def test_ia3_design_exports_to_peft(family, tmp_path):
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"] == "IA3"
 
 
+def test_ia3_on_keys_and_values_only_exports_to_peft(tmp_path):
+    # ia3_feedforward=False: no feed-forward vector, and peft is told so (none of its default feed-forward modules)
+    model = tiny("bart")
+    apply_design(model, Design([1, 1, 1, 1], "uniform", "1101", ["I", "I", "", "I"]), budget_fraction=None,
+                 ia3_feedforward=False)
+    _perturb(model, 0.5)
+    assert _peft_loads_the_same(model, "bart", tmp_path) <= 1e-5
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "IA3" and not cfg["feedforward_modules"]
+    assert not any(name.endswith("fc2") for name in cfg["target_modules"])
+
+
 def test_peft_export_names_the_groups_peft_cannot_express(tmp_path):
     model = tiny("bert")
     apply_design(model, Design([1, 1, 1, 1], "uniform", None, ["L", "AL", "LB", "P"]), budget_fraction=0.05)

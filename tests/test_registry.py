@@ -92,9 +92,10 @@ def test_registry_holds_the_five_strategies_in_canonical_order():
     assert {k: (s.name, s.size_name) for k, s in registry.items()} == {
         "A": ("adapter", "adapter_dim"), "P": ("prefix", "prefix_len"), "B": ("bitfit", None),
         "L": ("lora", "lora_rank"), "I": ("ia3", None)}
-    # the peft: config block's strategy options (PeftConf) are exactly the registry's
+    # the shipped options and their defaults
     assert option_defaults() == {"adapter_activation": "relu", "adapter_placement": "ffn", "prefix_init_std": 0.02,
-                                 "prefix_reparam_dim": 0, "lora_alpha": 8.0, "lora_rslora": False, "lora_dropout": 0.0}
+                                 "prefix_reparam_dim": 0, "lora_alpha": 8.0, "lora_rslora": False, "lora_dropout": 0.0,
+                                 "ia3_feedforward": True}
     assert strategy_sets() == ALL_STRATEGY_SETS and len(ALL_STRATEGY_SETS) == 15
     assert len(strategy_sets("APBLI")) == 31 and strategy_sets("IL") == ("L", "I", "LI")
 
@@ -104,13 +105,15 @@ def test_options_are_checked_by_the_strategy_that_owns_them():
     design = named_design("s4-model", 24)
     with pytest.raises(TypeError, match=r"unknown strategy option.s. lora_rank \(lora_rank: a size, given as "
                                         r"sizes=\{'lora_rank': ...\}\); the registered strategies take "
-                                        "adapter_activation, adapter_placement, lora_alpha"):
+                                        "adapter_activation, adapter_placement, ia3_feedforward, lora_alpha"):
         apply_design(model, design, lora_rank=8)
     with pytest.raises(ValueError, match="adapter_activation='tanh'; use one of relu, gelu, silu"):
         apply_design(model, design, adapter_activation="tanh")
 
 
 def test_a_strategy_letter_must_be_free():
+    from dataclasses import dataclass
+
     from pdspace.peft.strategies import Strategy, register
     from pdspace.peft.strategies.bitfit import apply_bitfit, bitfit_cost
 
@@ -121,10 +124,17 @@ def test_a_strategy_letter_must_be_free():
     with pytest.raises(ValueError, match="one upper-case letter"):
         register(Strategy("qq", "qq", "QQ", None, bitfit_cost, apply_bitfit))
 
+    @dataclass(frozen=True)
+    class HeadOptions:
+        head: bool = False
+
+    with pytest.raises(ValueError, match="option key.s. train_head are taken by apply_design and the peft: config"):
+        Strategy("T", "train", "T", None, bitfit_cost, apply_bitfit, HeadOptions)
+
 
 @pytest.fixture
 def unregister_after():
-    """Letters a test registers, unregistered again after it."""
+    """Letters a test registers, unregistered again after it (the peft: schema follows)."""
     from pdspace.design.registry import strategies, unregister
 
     letters: list[str] = []
@@ -138,6 +148,7 @@ def test_a_new_strategy_is_one_registration(unregister_after):
     """A plug-in outside pdspace: LoRA on the attention output projection, letter O, option `olora_alpha`."""
     from dataclasses import dataclass
 
+    import pdspace.config  # noqa: F401  (the peft: schema is built and stored before O registers)
     from pdspace.design import DesignSpace, StrategyCost
     from pdspace.peft.families import get
     from pdspace.peft.strategies import LoraLinear, Strategy, register
@@ -169,6 +180,92 @@ def test_a_new_strategy_is_one_registration(unregister_after):
     assert "olora_rank=" in report.table() and report.options["olora_alpha"] == 2.0
     # encoder layers 0-11 have one attention, decoder layers 12-17 two: every o projection of groups 1-3
     assert sum(isinstance(m, LoraLinear) and m.alpha == 2.0 for m in model.modules()) == 12 + 6 * 2
+    # registered after pdspace.config built the peft: schema, it is in the schema all the same
+    cfg = _compose("peft.olora_alpha=2.5", "peft.sizes.olora_rank=4")
+    assert (cfg.peft.olora_alpha, cfg.peft.sizes.olora_rank, cfg.peft.lora_alpha) == (2.5, 4, 8.0)
+
+
+def test_an_unregistered_strategy_leaves_the_peft_block(unregister_after):
+    from pdspace.design.registry import unregister
+    from pdspace.peft.strategies import Strategy, register
+    from pdspace.peft.strategies.lora import LoraOptions, attach_lora, lora_cost
+
+    unregister_after.append("Q")
+    register(Strategy("Q", "qlora", "Q-LoRA", "qlora_rank", lora_cost, attach_lora, LoraOptions))
+    assert "qlora_alpha" in _compose().peft and "qlora_rank" in _compose().peft.sizes
+    unregister("Q")
+    assert "qlora_alpha" not in _compose().peft and "qlora_rank" not in _compose().peft.sizes
+    with pytest.raises(KeyError, match="no strategy is registered as 'Q'"):
+        unregister("Q")
+
+
+def _compose(*overrides):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import pdspace.config  # noqa: F401  (stores the schema train.yaml names first)
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_the_peft_block_is_the_registry():
+    """The schema's keys, types and defaults are the registered strategies' options and sizes, read off here."""
+    import dataclasses
+
+    from pdspace import config
+    from pdspace.config import plain
+    from pdspace.peft import strategies
+
+    registry = strategies().values()
+    options = {f"{s.name}_{f.name}": f.default for s in registry for f in dataclasses.fields(s.options)}
+    sizes = {s.size_name: None for s in registry if s.size_name}
+    assert list(sizes) == ["adapter_dim", "prefix_len", "lora_rank"] and len(options) == 8
+    # what `pdspace-train --cfg job` shows: every option with its default, though train.yaml states none of them
+    assert plain(_compose().peft) == {"full_finetune": False, "sizes": sizes, "train_head": True, **options}
+    assert list(config.PeftConf.__dataclass_fields__) == ["full_finetune", "sizes", "train_head", *options]
+    assert list(config.SizesConf.__dataclass_fields__) == list(sizes)
+    assert config.TYPED_BLOCKS["peft"] is config.PeftConf
+    hints = {f.name: f.type for f in dataclasses.fields(config.PeftConf)}
+    assert {k: hints[k] for k in ("lora_alpha", "lora_rslora", "adapter_activation", "prefix_reparam_dim",
+                                  "ia3_feedforward")} == {"lora_alpha": float, "lora_rslora": bool,
+                                                          "adapter_activation": str, "prefix_reparam_dim": int,
+                                                          "ia3_feedforward": bool}
+
+
+def test_an_ia3_option_is_a_peft_key_that_reaches_its_modules(launch):
+    """IA3's `feedforward` option, stated only in ia3.py: set from the command line, it reaches the modules."""
+    from pdspace.peft import IA3Linear
+
+    def tiny(_):  # the backbone tiny-bert: 6 layers
+        return build_model("tiny-bert", "classification", num_hidden_layers=6)
+
+    design = Design([1, 2, 2, 1], "uniform", None, ["I"] * 4)
+    (r,) = launch("backbone=tiny-bert", "dry_run=true", "strategy.choice=[I,I,I,I]", "grouping.choice=[1,2,2,1]",
+                  "peft.ia3_feedforward=false")
+    assert r["config"]["peft"]["ia3_feedforward"] is False and r["design_id"] == str(design)
+    kv_only, full = tiny("bert"), tiny("bert")
+    report = apply_design(kv_only, design, None, ia3_feedforward=False)  # natural size: IA3's own count
+    assert r["params"]["trainable_params"] == report.trainable_params
+    assert report.trainable_params < apply_design(full, design, None).trainable_params
+    modules = [m for m in kv_only.modules() if isinstance(m, IA3Linear)]
+    assert len(modules) == 2 * 6 and not any(m.feedforward for m in modules)  # k and v of each of the 6 layers
+    assert sum(isinstance(m, IA3Linear) and m.feedforward for m in full.modules()) == 6
+    with pytest.raises(ValueError, match="ia3_feedforward='no'; use true or false"):
+        apply_design(tiny("bert"), design, None, ia3_feedforward="no")
+    for override in ("peft.ia3_x=1", "+peft.ia3_x=1"):  # an unknown key: one line, naming the known ones
+        with pytest.raises(SystemExit) as exit_:
+            launch("backbone=tiny-bert", "dry_run=true", override)
+        text = str(exit_.value.code)
+        assert text.startswith("pdspace-train: error: peft.ia3_x: Key 'ia3_x' not in 'PeftConf'; known keys") \
+            and "ia3_feedforward" in text and "\n" not in text, text
 
 
 def test_ia3_is_a_fixed_size_strategy_the_solver_and_table_know():
@@ -187,21 +284,12 @@ def test_ia3_is_a_fixed_size_strategy_the_solver_and_table_know():
 
 @pytest.mark.parametrize("space, letters", [("S0", "APBL"), ("S4", "APBL"), ("S0_ia3", "APBLI")])
 def test_the_shipped_spaces_name_their_letters(space, letters):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from pdspace.config import plain
     from pdspace.config import register as register_schema
     from pdspace.design import DesignSpace
 
     register_schema()
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=[f"space={space}"])
-    GlobalHydra.instance().clear()
+    cfg = _compose(f"space={space}")
     assert cfg.space.letters == letters
     # what the sweep's plan builds from the block (pdspace.search.plans passes `letters` on)
     sampled = DesignSpace(24, 4, strategies=plain(cfg.space.strategy),

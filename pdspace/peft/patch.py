@@ -189,7 +189,8 @@ def apply_design(
     defaults): `lora_alpha` (8.0; each LoRA module is scaled by `lora_alpha / r`, r the rank
     solved for its layer, as HF peft does), `lora_rslora` (`lora_alpha / sqrt(r)`),
     `lora_dropout`, `adapter_activation` ('relu'), `adapter_placement` ('ffn' or 'attn_ffn'),
-    `prefix_init_std` (0.02), `prefix_reparam_dim` (0: no MLP).
+    `prefix_init_std` (0.02), `prefix_reparam_dim` (0: no MLP), `ia3_feedforward` (True; False:
+    IA3 rescales keys and values only).
     """
     parsed = parse_options(options)
     layers = _patchable_layers(model, design)

@@ -61,7 +61,8 @@ def adapter_params(d_model: int, adapter_dim: int) -> int:
 class AdapterOptions:
     """The adapter's activation and placement: 'ffn' (Houlsby's FFN adapter) or 'attn_ffn' (both of his)."""
 
-    activation: str = "relu"
+    activation: str = "relu"  # relu, gelu or silu
+    # ffn: Houlsby's feed-forward adapter; attn_ffn: both of his (after the attention and the feed-forward)
     placement: str = "ffn"
 
     def __post_init__(self) -> None:

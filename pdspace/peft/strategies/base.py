@@ -6,13 +6,16 @@ states its letter, name and size name, its options (a dataclass), its cost in a 
 rule (the `merge` of the module it inserts) and its HF peft form. `register(Strategy(...))`
 adds it to the one registry (`pdspace.design.registry`; `register` and `strategies` here are
 that registry's): designs accept its letter, the solver sizes it, `apply_design` inserts it,
-the dry-run table shows it, spaces with its letter draw it, and `apply_design(...,
-<name>_<option>=...)` sets it.
+the dry-run table shows it, spaces with its letter draw it, `apply_design(...,
+<name>_<option>=...)` sets it, and the `peft:` config block gets its options
+(`peft.<name>_<option>`, typed and defaulted by its dataclass) and its size
+(`peft.sizes.<size_name>`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -93,6 +96,11 @@ class PeftExport:
     copy: Callable[[nn.Module, nn.Module], None]
 
 
+# the names beside the strategy options in `apply_design`'s arguments and the `peft:` config block: no option's
+# flat key may be one of them
+RESERVED_KEYS = ("model", "design", "budget_fraction", "sizes", "train_head", "full_finetune")
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One registered strategy; see the module docstring."""
@@ -108,6 +116,18 @@ class Strategy:
     order: int = 100
     finish: Callable[[nn.Module], None] | None = None  # once per patched model that got this strategy
     peft: PeftExport | None = None  # None: HF peft cannot express it
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"strategy {self.name}: options must be a dataclass, got {self.options!r}")
+        missing = [f.name for f in dataclasses.fields(self.options)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise TypeError(f"strategy {self.name}: option(s) {', '.join(missing)} need a default")
+        taken = sorted(set(self.option_keys()) & set(RESERVED_KEYS))
+        if taken:
+            raise ValueError(f"strategy {self.name}: option key(s) {', '.join(taken)} are taken by apply_design and "
+                             "the peft: config block; rename the option")
 
     def option_keys(self) -> dict[str, str]:
         """Flat option key -> field of `options` ('lora_alpha' -> 'alpha')."""
@@ -142,3 +162,16 @@ def flat_options(options: Mapping[str, Any]) -> dict[str, Any]:
 def option_defaults() -> dict[str, Any]:
     """Every registered option with its default, as flat keys (the `peft:` config block's strategy options)."""
     return flat_options(parse_options({}))
+
+
+def option_types() -> dict[str, Any]:
+    """Every registered option's declared type, as flat keys (`lora_alpha` -> float): what the `peft:` config
+    block types it as. Any where an annotation cannot be resolved (a class defined inside a function)."""
+    out: dict[str, Any] = {}
+    for s in strategies().values():
+        try:
+            hints = typing.get_type_hints(s.options)
+        except (NameError, TypeError):
+            hints = {}
+        out.update({key: hints.get(field, Any) for key, field in s.option_keys().items()})
+    return out

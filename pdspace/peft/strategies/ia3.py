@@ -2,7 +2,9 @@
 
 Letter I. In every attention of a layer (self and cross, as HF peft's IA3 does) one vector
 rescales the key and one the value projection's output; one more rescales the input of the
-feed-forward output projection, i.e. the activation. The vectors start at one, so a fresh
+feed-forward output projection, i.e. the activation. That one is the option `feedforward`
+(`apply_design(..., ia3_feedforward=False)`, config `peft.ia3_feedforward=false`: keys and
+values only; true, the default, is the paper's IA3). The vectors start at one, so a fresh
 patch computes what the backbone does. IA3 has no size to solve (a fixed cost, like BitFit).
 Each vector is a rescaling of its projection's weight rows (keys, values: bias included) or
 columns (the activation), so it merges into the backbone, and HF peft's IA3 expresses it.
@@ -11,6 +13,7 @@ columns (the activation), so it merges into the backbone, and HF peft's IA3 expr
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from torch import nn
 
 from pdspace.design.budget import StrategyCost
 from pdspace.peft.families import LayerSpec, Slot, get
-from pdspace.peft.strategies.base import NoOptions, PeftExport, Strategy, WrappedLinear, register
+from pdspace.peft.strategies.base import PeftExport, Strategy, WrappedLinear, register
 
 
 class IA3Linear(WrappedLinear):
@@ -79,27 +82,39 @@ class IA3Linear(WrappedLinear):
             self.merged = False
 
 
-def _slots(layer: LayerSpec) -> list[tuple[Slot, bool]]:
+@dataclass(frozen=True)
+class IA3Options:
+    """IA3's option: `feedforward` (true: also rescale the feed-forward activation; false: keys and values only)."""
+
+    feedforward: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.feedforward, bool):
+            raise ValueError(f"ia3_feedforward={self.feedforward!r}; use true or false")
+
+
+def _slots(layer: LayerSpec, options: IA3Options) -> list[tuple[Slot, bool]]:
     """(slot, feedforward) of every projection IA3 rescales in `layer`."""
-    return [(s, False) for s in layer.projections("k", "v")] + [(layer.ffn_out, True)]
+    return [(s, False) for s in layer.projections("k", "v")] + ([(layer.ffn_out, True)] if options.feedforward else [])
 
 
-def ia3_cost(layer: LayerSpec, options: NoOptions) -> StrategyCost:
+def ia3_cost(layer: LayerSpec, options: IA3Options) -> StrategyCost:
     """One entry per key and value channel, and per feed-forward activation: a fixed cost."""
-    return StrategyCost(fixed=sum(get(s).in_features if ff else get(s).out_features for s, ff in _slots(layer)))
+    return StrategyCost(fixed=sum(get(s).in_features if ff else get(s).out_features
+                                  for s, ff in _slots(layer, options)))
 
 
-def attach_ia3(layer: LayerSpec, size: int, options: NoOptions) -> list[nn.Parameter]:
-    """Wrap the layer's keys, values and feed-forward output projection."""
+def attach_ia3(layer: LayerSpec, size: int, options: IA3Options) -> list[nn.Parameter]:
+    """Wrap the layer's keys, values and (`feedforward`) feed-forward output projection."""
     params = []
-    for (parent, name), feedforward in _slots(layer):
+    for (parent, name), feedforward in _slots(layer, options):
         wrapped = IA3Linear(getattr(parent, name), feedforward)
         setattr(parent, name, wrapped)
         params.append(wrapped.ia3_l)
     return params
 
 
-def ia3_peft_config(modules: Mapping[str, IA3Linear], options: NoOptions, common: Mapping[str, Any]) -> Any:
+def ia3_peft_config(modules: Mapping[str, IA3Linear], options: IA3Options, common: Mapping[str, Any]) -> Any:
     """peft's IA3Config naming exactly these modules."""
     from peft import IA3Config
 
@@ -114,5 +129,5 @@ def ia3_to_peft(ours: IA3Linear, theirs: nn.Module) -> None:
 
 
 # last in a layer: outside LoRA on v, so LoRA merges first and this vector then rescales W + BA as a whole
-register(Strategy("I", "ia3", "IA3", None, ia3_cost, attach_ia3, order=50,
+register(Strategy("I", "ia3", "IA3", None, ia3_cost, attach_ia3, IA3Options, order=50,
                   peft=PeftExport(ia3_peft_config, ia3_to_peft)))

@@ -82,9 +82,10 @@ class LoraLinear(WrappedLinear):
 class LoraOptions:
     """LoRA's options: `alpha` (scaling `alpha / r`, rsLoRA `alpha / sqrt(r)`) and dropout on its input."""
 
+    # each module's update is scaled by alpha / r, r the rank the solver gave its layer (as in HF peft)
     alpha: float = 8.0
-    rslora: bool = False
-    dropout: float = 0.0
+    rslora: bool = False  # true: alpha / sqrt(r) (rsLoRA)
+    dropout: float = 0.0  # on the module's input
 
 
 def lora_cost(layer: LayerSpec, options: LoraOptions) -> StrategyCost:

@@ -141,6 +141,7 @@ class PrefixOptions:
     """Prefix init (std of the random vectors or embeddings) and optional reparameterisation (MLP width, 0: off)."""
 
     init_std: float = 0.02
+    # > 0: prefix = MLP(d -> this -> tanh -> keys/values) of trainable embeddings (counted in the budget)
     reparam_dim: int = 0
 
     def __post_init__(self) -> None:
