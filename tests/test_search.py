@@ -217,6 +217,7 @@ def test_a_random_search_of_an_ia3_space_finds_an_ia3_design(tmp_path, monkeypat
     """pdspace-search --search random --space S0_ia3 used to skip every completed design using IA3 (its final
     space lost the space's letters): here it finds the best run, which uses IA3."""
     from pdspace.search import runner
+    from pdspace.search.engine import SearchSpec
 
     def sweep(label, source, conf, sweep, spec, setting, extra):
         assert source == "S0_ia3" and "space.search=random" in extra
@@ -231,3 +232,15 @@ def test_a_random_search_of_an_ia3_space_finds_an_ia3_design(tmp_path, monkeypat
     assert f"found design: {IA3[0][0]} (mean objective 0.9000 over 1 runs)" in capsys.readouterr().out
     preset = OmegaConf.load(tmp_path / "search" / "conf" / "experiment" / "ia3.yaml")
     assert list(preset.strategy.choice) == ["I", "AI", "L", "P"] and preset.tunable.choice == "1111"
+    # the same search from Python (plain values): it resumes the dir (search.json keeps the search as
+    # `strategy`), its sweep done before, and finds the same design
+    assert state["settings"]["strategy"] == "random"
+
+    def no_sweep(*args):
+        raise AssertionError("the finished sweep ran again")
+
+    monkeypatch.setattr(runner, "run_sweep", no_sweep)
+    again = runner.search(SearchSpec(dir=tmp_path / "search", search="random", trials=3, space="S0_ia3",
+                                     tasks=("synthetic_cls",), confirm_k=0, name="ia3",
+                                     overrides=("backbone=tiny-bert",)))
+    assert again["final"] == state["final"]

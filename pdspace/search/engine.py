@@ -78,15 +78,15 @@ class SearchSpec:
     search: str = "greedy"
     pruner: str = "none"
     trials: int | None = None
-    tasks: list[str] = field(default_factory=lambda: ["sst2"])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    tasks: Sequence[str] = field(default_factory=lambda: ["sst2"])
+    seeds: Sequence[int] = field(default_factory=lambda: [0])
     samples: int = 20
     seed: int = 0
     wandb: bool = False
     confirm_k: int = 3
     confirm_seeds: str | Sequence[int] = (0, 1, 2)
     confirm_full_ft: bool = False
-    overrides: list[str] = field(default_factory=list)
+    overrides: Sequence[str] = field(default_factory=list)
 
 
 @dataclass

@@ -74,8 +74,8 @@ def _settings(spec: SearchSpec, setting: Setting, state: dict[str, Any], state_p
     """The search's settings as search.json keeps them; a SearchError when the dir was started with others.
 
     The search is stored under `strategy` (its name when the dir format was set), so older dirs resume."""
-    settings = {"strategy": spec.search, "space": spec.space, "tasks": spec.tasks, "seeds": spec.seeds,
-                "samples": spec.samples, "seed": spec.seed, "name": spec.name, "overrides": spec.overrides,
+    settings = {"strategy": spec.search, "space": spec.space, "tasks": list(spec.tasks), "seeds": list(spec.seeds),
+                "samples": spec.samples, "seed": spec.seed, "name": spec.name, "overrides": list(spec.overrides),
                 "config_dir": str(setting.config_dir) if setting.config_dir else None}
     if spec.search != "greedy":
         settings.update(pruner=spec.pruner, trials=spec.trials)
