@@ -166,7 +166,7 @@ class SpaceConf:
 class TrainingConf:
     """How the training step runs (not what it computes)."""
 
-    # torch.compile the patched model (see pdspace.module); false: eager
+    # torch.compile the patched model (see pdspace.compile); false: eager
     compile: bool = False
     # torch.compile's mode (null: its default)
     compile_mode: Optional[str] = None
@@ -433,6 +433,13 @@ def settings(config: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(peft, dict) and "sizes" in peft:
         # null and a node of null sizes ask for the same (the budget solver): results written before agree
         peft["sizes"] = fixed_sizes(peft["sizes"])
+    if isinstance(peft, dict):
+        # a strategy option added since a result was written reads as its default there: a new option's default
+        # computes what the strategy did before it existed (ia3_feedforward=true is the IA3 of before)
+        from pdspace.peft.strategies import option_defaults
+
+        for key, value in option_defaults().items():
+            peft.setdefault(key, value)
     for key in NON_RESULT_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = _get(out, parent) if parent else out

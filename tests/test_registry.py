@@ -295,3 +295,18 @@ def test_the_shipped_spaces_name_their_letters(space, letters):
     sampled = DesignSpace(24, 4, strategies=plain(cfg.space.strategy),
                           letters=cfg.space.letters).sample(100, seed=0)
     assert any("I" in s for d in sampled for s in d.strategies) == ("I" in letters)
+
+
+def test_a_result_written_before_an_option_existed_keeps_its_fingerprint():
+    import copy
+
+    from pdspace.config import differing_keys, fingerprint, plain
+
+    new = plain(_compose("backbone=tiny-bert"))
+    old = copy.deepcopy(new)
+    del old["peft"]["ia3_feedforward"]  # what a result.json written before IA3 had options holds
+    assert fingerprint(old) == fingerprint(new) and differing_keys(old, new) == []
+    changed = copy.deepcopy(new)
+    changed["peft"]["ia3_feedforward"] = False
+    assert fingerprint(changed) != fingerprint(new)
+    assert differing_keys(old, changed) == ["peft.ia3_feedforward (True -> False)"]
