@@ -134,8 +134,8 @@ ROWS = [
      "sweep dir {tmp}/nosuchdir does not exist"),
     ("R02", "pdspace-refine", ["{tmp}/emptydir", "--dimension", "width"], 1,
      "unknown dimension 'width'; use grouping, allocation, tunable or strategy_g1"),
-    ("P01", "pdspace-report", ["{tmp}/emptydir"], 2, "no result.json found under {tmp}/emptydir"),
-    ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 2, "{tmp}/nosuchdir does not exist"),
+    ("P01", "pdspace-report", ["{tmp}/emptydir"], 1, "no result.json found under {tmp}/emptydir"),
+    ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 1, "{tmp}/nosuchdir does not exist"),
 ]
 
 
