@@ -158,7 +158,7 @@ def test_the_study_report_and_the_search_name_the_same_best_design_among_ties(tm
     One rule (pdspace.search.ordering) now decides both: higher mean, more runs, then the design id."""
     import json
 
-    from pdspace.search.cli import best_design
+    from pdspace.search.engine import best_design
     from pdspace.search.study_report import study_report
 
     ids = ["g3-1-1-1.alloc-decreasing.tune-0110.-|L|L|-", "g1-1-1-3.alloc-decreasing.tune-0110.-|P+L|L|-",

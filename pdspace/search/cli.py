@@ -40,7 +40,6 @@ from typing import Any
 from pdspace.config import one_line
 from pdspace.errors import exit_error, exit_interrupted
 from pdspace.search.engine import PRUNERS, SEARCHES, SearchInterrupted, SearchSpec
-from pdspace.search.engine import best_design as best_design  # noqa: F401 - kept importable here (tests/test_study.py)
 from pdspace.search.runner import search
 
 PROG = "pdspace-search"
