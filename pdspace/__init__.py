@@ -21,10 +21,10 @@ from pdspace.peft import (
     unmerge,
     unmerge_lora,
 )
-
 from pdspace.version import __version__
+
 __all__ = [
-    "BudgetError", "Design", "DesignSpace", "MergeReport", "PatchReport", "apply_design", "export_peft",
+    "__version__", "BudgetError", "Design", "DesignSpace", "MergeReport", "PatchReport", "apply_design", "export_peft",
     "from_pretrained", "load_trainable_state_dict", "merge", "merge_lora", "named_design", "save_pretrained",
     "trainable_state_dict", "unmerge", "unmerge_lora",
 ]

@@ -17,7 +17,7 @@ import torch
 from scipy import stats as sps
 from sklearn import metrics as skm
 
-from pdspace import module, report, stats, train
+from pdspace import module, report, stats
 from pdspace import results as results_io
 from pdspace.archs import build_config
 

@@ -60,9 +60,6 @@ def mask_text(mask: Iterable[bool]) -> str:
     return "".join("1" if t else "0" for t in mask)
 
 
-DIMENSIONS = ("grouping", "allocation", "tunable", "strategy_g<k>")
-
-
 def parse_dimension(name: str, num_groups: int | None = None) -> tuple[str, int | None]:
     """A dimension name as (dimension, group): ('grouping', None) ... ('strategy', k) for 'strategy_gk'
     (k from 1, at most `num_groups` when given); ValueError naming the known ones otherwise."""
