@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pdspace.bench import replay, table
@@ -32,11 +33,20 @@ def test_table_collects_sweeps_with_their_curves(launch, tmp_path):
     rows = table.collect([tmp_path / "sweep"])
     assert len(rows) == 2 and all(r["epochs"] == 2 and len(r["curve"]) == 2 for r in rows)
     assert all(r["best"] == max(r["curve"]) and r["train_s_per_epoch"] > 0 for r in rows)
+    # no machine's paths: each source relative to the sweep dir's parent, or to --relative-to
+    assert sorted(r["source"] for r in rows) == ["sweep/0/result.json", "sweep/1/result.json"]
+    assert sorted(r["source"] for r in table.collect([tmp_path / "sweep"], tmp_path / "sweep")) == \
+        ["0/result.json", "1/result.json"]
+    # the best evaluation's per-example predictions, as predictions.npz holds them (16 dev examples)
+    for r in rows:
+        with np.load(tmp_path / Path(r["source"]).parent / "predictions.npz") as f:
+            assert r["pred_index"] == f["index"].tolist() and r["gold"] == f["gold"].tolist()
+            assert r["pred"] in f["pred"].tolist() and len(r["pred"]) == 16
     for suffix in ("parquet", "csv"):
         path = table.write(rows, tmp_path / f"t.{suffix}")
         back = table.read(path)
-        assert [(r["design_id"], r["curve"], r["seed"]) for r in back] == \
-            [(r["design_id"], r["curve"], r["seed"]) for r in rows]
+        assert [(r["design_id"], r["curve"], r["seed"], r["pred"], r["source"]) for r in back] == \
+            [(r["design_id"], r["curve"], r["seed"], r["pred"], r["source"]) for r in rows]
 
 
 def test_random_search_replayed_has_the_exact_regret_distribution():

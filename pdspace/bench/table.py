@@ -1,8 +1,11 @@
 """Design tables: finished sweeps collected into one table of learning curves (`pdspace-bench table`).
 
 One row per run: the design and its dimensions, task, seed, budget and parameter counts, the validation
-objective after every evaluation (the learning curve) and the seconds a training epoch took. Parquet
-(lists stay lists) or CSV (the curve as a JSON list). A table is the oracle of the replay benchmark.
+objective after every evaluation (the learning curve), the seconds a training epoch took, and where the run
+kept them (`predictions.npz`) its best evaluation's per-example dev predictions (`pred_index`, `gold`, `pred`;
+empty lists otherwise). `source` is the run's result.json relative to `--relative-to` (default: the parent
+of the sweep dir it was found under), so a shipped table names no machine's paths. Parquet (lists stay
+lists) or CSV (lists as JSON). A table is the oracle of the replay benchmark.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pdspace.design.space import Design
 
 COLUMNS = ("design_id", "grouping", "allocation", "tunable", "strategies", "task", "seed", "backbone", "budget_fraction",
            "trainable_params", "fraction", "objective", "curve", "epochs", "best", "train_s_per_epoch", "status",
-           "method", "source")
+           "method", "source", "pred_index", "gold", "pred")
+LISTS = ("curve", "pred_index", "gold", "pred")
 
 
 def row_of(result: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -39,13 +43,33 @@ def row_of(result: Mapping[str, Any]) -> dict[str, Any] | None:
             "fraction": float((result.get("params") or {}).get("fraction") or 0.0),
             "objective": (result.get("objective") or {}).get("name"), "curve": curve, "epochs": epochs,
             "best": max(curve), "train_s_per_epoch": float(timings.get("train_s") or 0.0) / epochs,
-            "status": result["status"], "method": result.get("method") or "", "source": result.get("_path", "")}
+            "status": result["status"], "method": result.get("method") or "", "source": result.get("_path", ""),
+            **_predictions(result)}
 
 
-def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The rows of every run under `paths` (sweep dirs or run dirs, searched recursively)."""
-    found, _ = results.read_all(results.find(paths))
-    return [row for row in map(row_of, found) if row is not None]
+def _predictions(result: Mapping[str, Any]) -> dict[str, list[Any]]:
+    from pdspace.stats import load_predictions
+
+    found = load_predictions(result["_path"], result) if result.get("_path") else None
+    if found is None:
+        return {"pred_index": [], "gold": [], "pred": []}
+    index, gold, pred = found
+    return {"pred_index": index.tolist(), "gold": gold.tolist(), "pred": pred.tolist()}
+
+
+def collect(paths: Sequence[str | Path], relative_to: str | Path | None = None) -> list[dict[str, Any]]:
+    """The rows of every run under `paths` (sweep dirs or run dirs, searched recursively); each `source` relative
+    to `relative_to` (default: the parent of the path it was found under)."""
+    rows = []
+    for path in map(Path, paths):
+        parent = path.resolve().parent
+        base = Path(relative_to).resolve() if relative_to is not None else parent
+        found, _ = results.read_all(results.find([path]))
+        for row in filter(None, map(row_of, found)):
+            source = Path(row["source"]).resolve()
+            row["source"] = str(source.relative_to(base if source.is_relative_to(base) else parent))
+            rows.append(row)
+    return rows
 
 
 def write(rows: Iterable[Mapping[str, Any]], out: str | Path) -> Path:
@@ -63,7 +87,7 @@ def write(rows: Iterable[Mapping[str, Any]], out: str | Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "curve": json.dumps(r["curve"])})
+            writer.writerow({**r, **{k: json.dumps(r.get(k, [])) for k in LISTS}})
     return out
 
 
@@ -106,7 +130,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
         raise KeyError(f"no column {missing[0]!r}")
     ints, floats = ("seed", "trainable_params", "epochs"), ("budget_fraction", "fraction", "best", "train_s_per_epoch")
     for r in rows:
-        r["curve"] = json.loads(r["curve"])
+        r.update({k: json.loads(r[k]) for k in LISTS if k in r})
         r.update({k: int(r[k]) for k in ints if k in r}, **{k: float(r[k]) for k in floats
                                                             if r.get(k) not in (None, "", "None")})
     return rows
@@ -117,12 +141,14 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("table", help="collect finished sweeps into a design table (learning curves)")
     p.add_argument("sweep_dirs", nargs="+", help="sweep or run dirs (searched recursively for result.json)")
     p.add_argument("--out", required=True, help="table.parquet (or .csv)")
+    p.add_argument("--relative-to", default=None, help="the dir `source` paths are relative to (default: each "
+                                                       "sweep dir's parent)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Collect and write; print a one-line summary per task."""
-    rows = collect(args.sweep_dirs)
+    rows = collect(args.sweep_dirs, args.relative_to)
     if not rows:
         raise SystemExit(f"pdspace-bench: error: no completed run with a design and a curve under {args.sweep_dirs}")
     path = write(rows, args.out)
