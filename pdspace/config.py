@@ -146,7 +146,7 @@ class SpaceConf:
     letters: str = "APBL"
     # how designs are chosen: random (the plan above), tpe or gp (Optuna studies, one per task)
     search: str = "random"
-    # stop weak designs early: none, successive_halving, hyperband (resources = evaluations)
+    # stop weak designs early: none, successive_halving, hyperband, median (resources = evaluations)
     pruner: str = "none"
     # trials of a tpe/gp study per task (null: num_samples)
     trials: Optional[int] = None

@@ -338,3 +338,26 @@ def test_a_postgresql_study_with_two_parallel_workers(postgres, tmp_path):
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert {t.number: t.user_attrs["design_id"] for t in study.trials} == \
         {r["trial"]["number"]: r["design_id"] for r in found}
+
+
+def test_the_median_stopping_rule_stops_a_trial_below_the_earlier_trials_median(tmp_path):
+    from pdspace.search.study import Pruned, TrialJob
+
+    spec = study_spec({"name": "S0", "search": "random", "pruner": "median", "trials": 9, "startup_trials": 3},
+                      tmp_path, "sst2", 3)
+    open_study(spec, create=True)
+    # three finished trials whose objectives after evaluations 1..3 are 0.60, 0.70, 0.80 (median 0.70 at each)
+    for slot, value in enumerate((0.6, 0.7, 0.8)):
+        job = TrialJob(spec, slot, None)
+        job.ask(None, lambda d: None, fixed=Design([1, 1, 1, 1], "uniform", "1111", ["A"] * 4))
+        for step in (1, 2, 3):
+            job.report(step, value)
+        job.tell("completed", [value])
+    above = TrialJob(spec, 3, None)
+    above.ask(None, lambda d: None, fixed=Design([1, 1, 1, 1], "uniform", "1111", ["L"] * 4))
+    above.report(1, 0.75)  # above the median: goes on
+    below = TrialJob(spec, 4, None)
+    below.ask(None, lambda d: None, fixed=Design([1, 1, 1, 1], "uniform", "1111", ["B"] * 4))
+    with pytest.raises(Pruned, match="pruned after evaluation 1"):
+        below.report(1, 0.65)
+    assert isinstance(Pruned("x"), optuna.TrialPruned)

@@ -36,7 +36,7 @@ from pdspace.job import RunPruned
 
 log = logging.getLogger("pdspace.study")
 SEARCHES = ("random", "tpe", "gp")
-PRUNERS = ("none", "successive_halving", "hyperband")
+PRUNERS = ("none", "successive_halving", "hyperband", "median")
 # what a study can optimise: the task objective (maximised) and costs (minimised)
 OBJECTIVES = {"score": "maximize", "trainable_params": "minimize", "step_time": "minimize"}
 STUDY_FILE = "study.db"
@@ -188,6 +188,10 @@ def make_pruner(spec: StudySpec) -> Any:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.max_resource, reduction_factor=3)
+    if spec.pruner == "median":
+        # the median stopping rule (Golovin et al., 2017): a trial whose objective after evaluation k is below
+        # the median of the earlier trials' at k stops, once the study's first random trials have finished
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=0)
     return optuna.pruners.NopPruner()
 
 
