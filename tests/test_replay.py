@@ -79,7 +79,8 @@ def test_every_strategy_runs_against_the_shipped_table(tmp_path, capsys):
     main(["replay", str(SHIPPED), "--strategies", ",".join(replay.STRATEGIES), "--budgets", "12,24",
                            "--repeats", "2", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert all(out.count(f"| {s} |") == 2 for s in replay.STRATEGIES)  # its regrets and the design it found
+    # its regrets, the design it found, its normalised regrets and rank, and (all but random) its gap to random
+    assert all(out.count(f"| {s} |") == 3 + (s != "random") for s in replay.STRATEGIES)
     assert (tmp_path / "replay.png").exists() and (tmp_path / "replay.md").exists()
 
 
@@ -120,3 +121,75 @@ def test_the_strategies_are_the_searches_and_the_study_searches_with_a_pruner():
     for bad in ("greedy+hyperband", "greedy+none", "tpe+bohb", "bohb"):
         with pytest.raises(SystemExit, match=re.escape(f"unknown strategy '{bad}'; use greedy, random, or a sampler")):
             replay.parse_strategy(bad)
+
+
+def test_bootstrap_intervals_agree_with_scipy():
+    from scipy import stats as sps
+
+    from pdspace.bench import replay_report as rr
+
+    x = np.random.default_rng(3).normal(0.2, 0.05, 200)
+    mean, lo, hi = rr.mean_ci(x, np.random.default_rng(0), boot=4000)
+    ref = sps.bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=1).confidence_interval
+    assert mean == pytest.approx(x.mean()) and lo < mean < hi
+    assert lo == pytest.approx(ref.low, abs=0.002) and hi == pytest.approx(ref.high, abs=0.002)
+    assert rr.mean_ci([0.3] * 5, np.random.default_rng(0)) == pytest.approx((0.3, 0.3, 0.3))
+
+
+def test_ranks_share_ties_as_scipy_ranks_them():
+    from scipy import stats as sps
+
+    from pdspace.bench import replay_report as rr
+
+    means = np.random.default_rng(0).integers(0, 4, size=(50, 6)).astype(float)  # many ties
+    assert np.array_equal(rr._rank_rows(means), np.vstack([sps.rankdata(row) for row in means]))
+
+
+def test_average_ranks_and_the_comparison_with_random_by_hand():
+    from pdspace.bench import replay_report as rr
+
+    # a: always 0.1, b: always 0.3 of the range, c: 0.1 at 8 epochs (tied with a: 1.5 each) and 0.5 at 16:
+    # ranks a (1.5 + 1) / 2, b (3 + 2) / 2, c (1.5 + 3) / 2
+    norm = {"t": {"a": {8: [0.1] * 4, 16: [0.1] * 4}, "b": {8: [0.3] * 4, 16: [0.3] * 4},
+                  "c": {8: [0.1] * 4, 16: [0.5] * 4}}}
+    ranks = rr.average_ranks(norm)
+    assert {k: v[0] for k, v in ranks.items()} == {"a": 1.25, "b": 2.5, "c": 2.25}
+    assert ranks["a"] == (1.25, 1.25, 1.25)  # no noise, no interval
+    vs = rr.versus(norm, "b", {"t": 16})
+    assert vs["a"] == pytest.approx((-0.2, -0.2, -0.2)) and vs["c"] == pytest.approx((0.2, 0.2, 0.2))
+    text = rr.versus_markdown(vs, "b", "t at 16 epochs")
+    assert "| a | -20.0 [-20.0, -20.0] | better |" in text and "| c | +20.0 [+20.0, +20.0] | worse |" in text
+    assert rr.normalise({"a": {8: [0.02, 0.04]}}, 0.2)["a"][8] == pytest.approx([0.1, 0.2])
+
+
+def test_the_confirmation_stage_is_paid_from_the_budget_and_picks_by_the_retrained_mean():
+    # five designs, one deterministic curve each (0.5 ... 0.9, 2 epochs): confirming the top 2 over 2 seeds
+    # costs 2 x 2 x 2 = 8 epochs, so a budget of 18 leaves the search 10 (all five designs) and it returns the best
+    rows = [_row(d, 0, [0.4 + 0.1 * i, 0.5 + 0.1 * i]) for i, d in enumerate(TOY)]
+    s = replay.setup(rows)
+    out = replay.replay_once(s, "random+confirm", [8, 18], seed=0, confirm_k=2, confirm_seeds=2)
+    assert 8 not in out  # nothing is left for the search itself
+    regret, spent, design = out[18]
+    assert (regret, spent, design) == (0.0, 18, str(TOY[-1]))
+    plain = replay.replay_once(s, "random", [10], seed=0)
+    assert plain[10][1] == 10 and plain[10][2] == design
+
+
+def test_replay_writes_one_csv_row_per_repeat_and_budget(tmp_path, capsys):
+    import csv
+
+    rows = [_row(d, s, [0.4 + 0.1 * i + 0.01 * s, 0.5 + 0.1 * i]) for i, d in enumerate(TOY) for s in (0, 1)]
+    path = table.write(rows, tmp_path / "t.csv")
+    main(["replay", str(path), "--strategies", "random,tpe+median,random+confirm", "--budgets", "4,30",
+          "--repeats", "3", "--jobs", "1", "--confirm-k", "2", "--confirm-seeds", "1", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert "average rank [95 % CI]" in out and "minus random's" in out
+    with (tmp_path / "o" / "replay.csv").open() as f:
+        got = list(csv.DictReader(f))
+    # random and tpe+median at both budgets, random+confirm only at 30 (its confirmation costs 2 x 1 x 2 = 4)
+    assert len(got) == 3 * (2 + 2 + 1)
+    assert {(r["strategy"], r["budget"]) for r in got} == {("random", "4"), ("random", "30"), ("tpe+median", "4"),
+                                                          ("tpe+median", "30"), ("random+confirm", "30")}
+    # design means 0.5 ... 0.9 (each seed's best evaluation): a range of 0.4
+    assert all(float(r["normalised_regret"]) == pytest.approx(float(r["regret"]) / 0.4) for r in got)
+    assert (tmp_path / "o" / "replay.png").stat().st_size > 0

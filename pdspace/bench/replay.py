@@ -35,7 +35,7 @@ import numpy as np
 from pdspace.bench import table as table_io
 from pdspace.design.space import Design, DesignSpace, normalize_strategies
 from pdspace.search import study
-from pdspace.search.engine import PRUNERS, SEARCHES, SearchError, best_design
+from pdspace.search.engine import PRUNERS, SEARCHES, SearchError, best_design, ranked_designs
 
 
 def strategy_name(search: str, pruner: str = "none") -> str:
@@ -49,6 +49,9 @@ STRATEGIES = (*SEARCHES, *(strategy_name(s, p) for s in study.SEARCHES for p in 
 # the searches replay runs as plans, with no sampler: greedy's stages and random search's (the study's first)
 PLANNED = (*(s for s in SEARCHES if s not in study.SEARCHES), study.SEARCHES[0])
 DEFAULT_STRATEGIES = "greedy,random,tpe,tpe+hyperband"
+# a strategy's suffix for the confirmation stage after its search (`pdspace-search --confirm-k`, its default)
+CONFIRM = "confirm"
+CONFIRM_K, CONFIRM_SEEDS = 3, 3
 
 
 @dataclass
@@ -119,6 +122,17 @@ class Setup:
         """The table's best mean score."""
         return max(r.score for r in self.recorded.values())
 
+    @property
+    def spread(self) -> float:
+        """The range of the table's design means (best - worst): a regret divided by it is normalised (CARP-S's
+        per-task min-max), comparable across tasks."""
+        return self.best - min(r.score for r in self.recorded.values())
+
+    @property
+    def compute(self) -> int:
+        """Epochs the table itself cost: every recorded full-length run."""
+        return self.epochs * sum(len(r.curves) for r in self.recorded.values())
+
     def space_block(self, **changes: Any) -> dict[str, Any]:
         """The unconstrained space over the table's letters, as a `space:` block."""
         return {"name": "replay", "grouping": "any", "allocation": "any", "tunable": "any", "strategy": "any",
@@ -158,6 +172,10 @@ def setup(rows: Sequence[Mapping[str, Any]], task: str | None = None) -> Setup:
 # ------------------------------------------------------------------------------------- strategies
 
 
+# what a search finished by a budget: its results, its final space, the epochs it spent
+Outcome = tuple[list[dict[str, Any]], DesignSpace, int]
+
+
 def _best(s: Setup, found: Sequence[Mapping[str, Any]], space: DesignSpace) -> Design:
     # the search's pick in its final space, else in the unconstrained space over the table's letters
     try:
@@ -166,11 +184,26 @@ def _best(s: Setup, found: Sequence[Mapping[str, Any]], space: DesignSpace) -> D
         return best_design(found, s.space())[0]
 
 
-def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
+def confirm(s: Setup, found: Sequence[Mapping[str, Any]], space: DesignSpace, k: int, seeds: int,
+            rng: random.Random) -> tuple[Design, int]:
+    """The confirmation stage (`pdspace-search --confirm-k K`, `pdspace.search.confirm`): the top `k` designs
+    of the search (in its final space, else the table's whole space) trained again over `seeds` seeds (each a
+    recorded curve drawn at random, as the search's own runs are), the best mean wins (ties: the design id);
+    the design and the epochs it cost."""
+    top = ranked_designs(found, space) or ranked_designs(found, s.space())
+    candidates = [d for d, _ in top[:k]]
+    oracle = Oracle(s.recorded, rng)
+    means = {d: statistics.fmean(max(oracle.observe(d)) for _ in range(seeds)) for d in candidates}
+    return min(candidates, key=lambda d: (-means[d], str(d))), len(candidates) * seeds * s.epochs
+
+
+def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, Outcome]:
     """Random search: `budget / epochs` designs of one seeded plan, each trained in full."""
     from pdspace.search.plans import make_plan
 
     oracle = Oracle(s.recorded, random.Random(seed))
+    if not budgets:
+        return {}
     n = max(budgets) // s.epochs
     plan = make_plan(s.space_block(num_samples=n, seed=seed), s.num_layers, s.num_groups,
                      space=TableSpace(list(s.recorded)))
@@ -180,7 +213,7 @@ def run_random(s: Setup, budgets: Sequence[int], seed: int) -> dict[int, tuple[D
         found.append(_result(job.design, s.task, oracle.observe(job.design)))
         oracle.spent += s.epochs
         _mark(marks, budgets, len(found), oracle.spent)
-    return _picks(s, found, marks, s.space())
+    return _outcomes(found, marks, s.space())
 
 
 def _mark(marks: dict[int, tuple[int, int]], budgets: Sequence[int], n_found: int, spent: int) -> None:
@@ -190,13 +223,13 @@ def _mark(marks: dict[int, tuple[int, int]], budgets: Sequence[int], n_found: in
             marks[b] = (n_found, spent)
 
 
-def _picks(s: Setup, found: Sequence[Mapping[str, Any]], marks: Mapping[int, tuple[int, int]],
-           space: DesignSpace) -> dict[int, tuple[Design, int]]:
-    # the design the search returns at each budget: the best of what it had finished by then
-    return {b: (_best(s, found[:n], space), spent) for b, (n, spent) in marks.items()}
+def _outcomes(found: Sequence[Mapping[str, Any]], marks: Mapping[int, tuple[int, int]],
+              space: DesignSpace) -> dict[int, Outcome]:
+    # what the search had finished at each budget
+    return {b: (list(found[:n]), space, spent) for b, (n, spent) in marks.items()}
 
 
-def run_greedy(s: Setup, budget: int, seed: int) -> tuple[Design, int]:
+def run_greedy(s: Setup, budget: int, seed: int) -> Outcome:
     """The paper's greedy stages, each sampling `budget / (epochs x stages)` recorded designs of its space."""
     from pdspace.search.analysis import analyse
     from pdspace.search.greedy import stages, untuned_reason
@@ -223,15 +256,17 @@ def run_greedy(s: Setup, budget: int, seed: int) -> tuple[Design, int]:
             block = narrowed_space(block, stage.dimension, winner)
         except ValueError:
             break  # nothing left to compare: the search stops with what it has
-    return _best(s, found_all, s.space(block)), oracle.spent
+    return found_all, s.space(block), oracle.spent
 
 
-def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[Design, int]]:
+def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: int) -> dict[int, Outcome]:
     """An Optuna study (sampler + pruner) through the live job-side trial code, until the budget is spent."""
     import optuna
 
     from pdspace.search.study import StudySpec, TrialJob, study_spec
 
+    if not budgets:
+        return {}
     spec: StudySpec = study_spec({"name": "replay", "search": search, "pruner": pruner,
                                   "trials": max(budgets) // s.epochs, "seed": seed, "max_resource": s.epochs},
                                  ".", s.task, s.epochs)
@@ -264,7 +299,7 @@ def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: 
             job.tell("pruned")
         slot += 1
         _mark(marks, budgets, len(found), oracle.spent)
-    return _picks(s, found, marks, space)
+    return _outcomes(found, marks, space)
 
 
 def _vector(design: Design, letters: str) -> list[float]:
@@ -273,9 +308,16 @@ def _vector(design: Design, letters: str) -> list[float]:
     return design_vector(design, letters)
 
 
+def split_confirm(strategy: str) -> tuple[str, bool]:
+    """(the strategy without its `+confirm`, whether it ends with the confirmation stage)."""
+    base = strategy.removesuffix(f"+{CONFIRM}")
+    return base, base != strategy
+
+
 def parse_strategy(strategy: str) -> tuple[str, str]:
-    """(search, pruner) of a strategy of `STRATEGIES` (`SEARCH+none` reads as SEARCH); SystemExit (one line)
-    for one replay cannot run."""
+    """(search, pruner) of a strategy of `STRATEGIES`, with or without `+confirm` (`SEARCH+none` reads as
+    SEARCH); SystemExit (one line) for one replay cannot run."""
+    strategy = split_confirm(strategy)[0]
     search, plus, pruner = strategy.partition("+")
     pruner = pruner or "none"
     if strategy_name(search, pruner) in STRATEGIES and (not plus or search in study.SEARCHES):
@@ -283,7 +325,7 @@ def parse_strategy(strategy: str) -> tuple[str, str]:
     pruners = ", ".join(f"+{p}" for p in PRUNERS if p != "none")
     raise SystemExit(f"pdspace-bench: error: unknown strategy {strategy!r}; use {', '.join(PLANNED)}, or a sampler "
                      f"({', '.join(study.SEARCHES)}) with an optional pruner ({pruners}), e.g. "
-                     f"{DEFAULT_STRATEGIES.rsplit(',', 1)[-1]}")
+                     f"{DEFAULT_STRATEGIES.rsplit(',', 1)[-1]}; add +{CONFIRM} for the confirmation stage")
 
 
 def check_strategy(strategy: str) -> None:
@@ -291,34 +333,56 @@ def check_strategy(strategy: str) -> None:
     parse_strategy(strategy)
 
 
-def replay_once(s: Setup, strategy: str, budgets: Sequence[int], seed: int) -> dict[int, tuple[float, int, str]]:
-    """One repeat of one strategy: per budget, the returned design's regret, the epochs it spent and its id."""
-    search, pruner = parse_strategy(strategy)
-    if strategy == "greedy":
-        picks = {b: run_greedy(s, b, seed) for b in budgets}
-    elif strategy == "random":
-        picks = run_random(s, budgets, seed)
+def replay_once(s: Setup, strategy: str, budgets: Sequence[int], seed: int, confirm_k: int = CONFIRM_K,
+                confirm_seeds: int = CONFIRM_SEEDS) -> dict[int, tuple[float, int, str]]:
+    """One repeat of one strategy: per budget, the returned design's regret, the epochs it spent (the
+    confirmation's included) and its id. With `+confirm` the search gets what the confirmation leaves of the
+    budget (`confirm_k` x `confirm_seeds` full runs)."""
+    base, confirmed = split_confirm(strategy)
+    search, pruner = parse_strategy(base)
+    cost = confirm_k * confirm_seeds * s.epochs if confirmed else 0
+    inner = sorted({b - cost for b in budgets if b - cost >= 1})
+    if base == "greedy":
+        outcomes = {b: run_greedy(s, b, seed) for b in inner}
+    elif base == "random":
+        outcomes = run_random(s, inner, seed)
     else:  # a study, its sampler `search` (random+none too: Optuna's random sampler through the study code)
-        picks = run_study(s, search, pruner, budgets, seed)
-    best = s.best
-    # a strategy that cannot stay within a budget (greedy needs a design per stage) has no result there
-    return {b: (best - s.recorded[d].score, spent, str(d)) for b, (d, spent) in picks.items() if spent <= b}
+        outcomes = run_study(s, search, pruner, inner, seed)
+    rng = random.Random(seed * 7919 + 17)
+    out = {}
+    for b in budgets:
+        if b - cost not in outcomes:
+            continue
+        found, space, spent = outcomes[b - cost]
+        if confirmed:
+            design, extra = confirm(s, found, space, confirm_k, confirm_seeds, rng)
+            spent += extra
+        else:
+            design = _best(s, found, space)
+        # a strategy that cannot stay within a budget (greedy needs a design per stage) has no result there
+        if spent <= b:
+            out[b] = (s.best - s.recorded[design].score, spent, str(design))
+    return out
 
 
-def _repeat(args: tuple[Setup, str, tuple[int, ...], int]) -> tuple[str, int, dict[int, tuple[float, int, str]]]:
-    s, strategy, budgets, seed = args
-    return strategy, seed, replay_once(s, strategy, budgets, seed)
+def _repeat(args: tuple[Setup, str, tuple[int, ...], int, int, int]) -> tuple[str, int, dict[int, tuple[float, int, str]]]:
+    s, strategy, budgets, seed, k, seeds = args
+    return strategy, seed, replay_once(s, strategy, budgets, seed, k, seeds)
 
 
 def replay(s: Setup, strategies: Sequence[str], budgets: Sequence[int], repeats: int, seed: int = 0,
-           jobs: int = 1, found: dict[str, dict[int, list[str]]] | None = None) -> dict[str, dict[int, list[float]]]:
+           jobs: int = 1, found: dict[str, dict[int, list[str]]] | None = None, confirm_k: int = CONFIRM_K,
+           confirm_seeds: int = CONFIRM_SEEDS, records: list[dict[str, Any]] | None = None
+           ) -> dict[str, dict[int, list[float]]]:
     """Regrets per strategy and budget over `repeats` seeded repeats (deterministic for a fixed `seed`).
 
-    `found` (a dict), if given, is filled with the design each repeat returned, per strategy and budget.
+    `found` (a dict), if given, is filled with the design each repeat returned, per strategy and budget;
+    `records` (a list), with one row per repeat and budget (the CSV's).
     """
     for strat in strategies:
         check_strategy(strat)
-    tasks = [(s, strat, tuple(budgets), seed + r) for strat in strategies for r in range(repeats)]
+    tasks = [(s, strat, tuple(budgets), seed + r, confirm_k, confirm_seeds) for strat in strategies
+             for r in range(repeats)]
     if jobs > 1:
         import multiprocessing
 
@@ -328,12 +392,17 @@ def replay(s: Setup, strategies: Sequence[str], budgets: Sequence[int], repeats:
     else:
         done = [_repeat(t) for t in tasks]
     out: dict[str, dict[int, list[float]]] = {strat: {b: [] for b in budgets} for strat in strategies}
-    for strat, _, per_budget in sorted(done, key=lambda x: (x[0], x[1])):
+    for strat, rep, per_budget in sorted(done, key=lambda x: (x[0], x[1])):
         for b in budgets:
             if b in per_budget:
-                out[strat][b].append(per_budget[b][0])
+                regret, spent, design = per_budget[b]
+                out[strat][b].append(regret)
                 if found is not None:
-                    found.setdefault(strat, {}).setdefault(b, []).append(per_budget[b][2])
+                    found.setdefault(strat, {}).setdefault(b, []).append(design)
+                if records is not None:
+                    records.append({"task": s.task, "strategy": strat, "budget": b, "repeat": rep - seed,
+                                    "regret": regret, "normalised_regret": regret / s.spread if s.spread > 0 else 0.0,
+                                    "spent": spent, "design_id": design})
     return out
 
 
@@ -382,14 +451,16 @@ def add_parser(sub: Any) -> None:
     """`pdspace-bench replay TABLE --strategies ... --budgets ... --repeats N`."""
     p = sub.add_parser("replay", help="replay search strategies against a recorded design table")
     p.add_argument("table", help="a table written by `pdspace-bench table`")
-    p.add_argument("--task", default=None, help="the task to replay (default: the table's only task)")
+    p.add_argument("--task", default=None, help="the task to replay (default: every task of the table)")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated, of {', '.join(STRATEGIES)}")
     p.add_argument("--budgets", default=None, help="comma-separated epoch budgets (default: 4 to 32 designs' worth)")
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.01, help="regret for the 'epochs to reach' column")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: every core)")
-    p.add_argument("--out", default=None, help="also write replay.md, replay.json and replay.png here")
+    p.add_argument("--confirm-k", type=int, default=CONFIRM_K, help="designs a +confirm strategy trains again")
+    p.add_argument("--confirm-seeds", type=int, default=CONFIRM_SEEDS, help="seeds of each confirmed design")
+    p.add_argument("--out", default=None, help="also write replay.md, replay.json, replay.csv and replay.png here")
     p.set_defaults(run=run)
 
 
@@ -430,6 +501,9 @@ def check_args(args: argparse.Namespace) -> list[int] | None:
     """Refuse counts that replay nothing before the table is read; the budgets given (None: the default)."""
     if args.repeats < 1:
         raise _error(f"--repeats {args.repeats} replays nothing; give a positive number, e.g. --repeats 100")
+    if args.confirm_k < 1 or args.confirm_seeds < 1:
+        raise _error(f"--confirm-k {args.confirm_k} --confirm-seeds {args.confirm_seeds}: give positive numbers, "
+                     "e.g. --confirm-k 3 --confirm-seeds 3")
     if args.jobs is not None and args.jobs < 1:
         raise _error(f"--jobs {args.jobs}: give a positive number of processes, or leave it out for every core")
     for strategy in [x.strip() for x in args.strategies.split(",") if x.strip()] or [""]:
@@ -437,38 +511,67 @@ def check_args(args: argparse.Namespace) -> list[int] | None:
     return parse_budgets(args.budgets)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Replay, print the tables, write the files."""
-    import json
+def default_budgets(s: Setup) -> list[int]:
+    """4 to 32 designs' worth of epochs, and a quarter of what the table itself cost."""
+    return sorted({s.epochs * k for k in (4, 8, 16, 32)} | {max(s.epochs, s.compute // 4)})
+
+
+def _replay_task(s: Setup, args: argparse.Namespace, budgets: list[int] | None,
+                 records: list[dict[str, Any]]) -> dict[str, Any]:
+    # one task's replay: its regrets, found designs, budgets and the markdown of the raw regrets
     import os
 
     t0 = time.perf_counter()
-    budgets = check_args(args)
-    try:
-        rows = table_io.read(args.table)
-    except table_io.TableError as e:
-        raise _error(str(e)) from None
-    s = setup(rows, args.task)
-    budgets = budgets or [s.epochs * k for k in (4, 8, 16, 32)]
+    budgets = budgets or default_budgets(s)
     if min(budgets) < s.epochs:
         raise _error(f"--budgets {args.budgets}: a budget below {s.epochs} epochs (one design of the table, trained "
                      f"in full) finds nothing; give budgets >= {s.epochs}, e.g. --budgets {s.epochs * 4},"
                      f"{s.epochs * 8}")
     strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
     found: dict[str, dict[int, list[str]]] = {}
-    regrets = replay(s, strategies, budgets, args.repeats, args.seed, args.jobs or os.cpu_count() or 1, found)
-    md = markdown(regrets, budgets, args.threshold) + "\n\n" + found_markdown(s, found, max(budgets))
+    regrets = replay(s, strategies, budgets, args.repeats, args.seed, args.jobs or os.cpu_count() or 1, found,
+                     args.confirm_k, args.confirm_seeds, records)
     best = max(s.recorded.values(), key=lambda r: r.score)
+    quarter = min(budgets, key=lambda b: (abs(b - s.compute / 4), b))
     head = (f"{s.task}: {len(s.recorded)} recorded designs ({sum(len(r.curves) for r in s.recorded.values())} runs, "
-            f"{s.epochs} evaluations each), best mean score {s.best:.4f} (`{best.design}`); {args.repeats} repeats "
-            f"per strategy, seed {args.seed}; cells: median [q25, q75] regret x 100 "
-            f"({time.perf_counter() - t0:.0f} s)")
-    print(head + "\n\n" + md)
+            f"{s.epochs} evaluations each; the table cost {s.compute} epochs), best mean score {s.best:.4f} "
+            f"(`{best.design}`), range of design means {s.spread:.4f}; {args.repeats} repeats per strategy, seed "
+            f"{args.seed}; confirmation: top {args.confirm_k} x {args.confirm_seeds} seeds; cells: median [q25, q75] "
+            f"regret x 100 ({time.perf_counter() - t0:.0f} s)")
+    md = head + "\n\n" + markdown(regrets, budgets, args.threshold) + "\n\n" + found_markdown(s, found, max(budgets))
+    return {"task": s.task, "budgets": budgets, "regrets": regrets, "found": found, "best": s.best,
+            "best_design": str(best.design), "spread": s.spread, "compute": s.compute, "quarter": quarter, "md": md}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Replay every task (or `--task`), print the tables, write the files."""
+    import json
+
+    from pdspace.bench import replay_report as rr
+
+    budgets = check_args(args)
+    try:
+        rows = table_io.read(args.table)
+    except table_io.TableError as e:
+        raise _error(str(e)) from None
+    tasks = [args.task] if args.task else sorted({r["task"] for r in rows})
+    records: list[dict[str, Any]] = []
+    done = [_replay_task(setup(rows, task), args, budgets, records) for task in tasks]
+    norm = {d["task"]: rr.normalise(d["regrets"], d["spread"]) for d in done}
+    summ, ranks = rr.summary(norm, args.seed), rr.average_ranks(norm, args.seed)
+    quarters = {d["task"]: d["quarter"] for d in done}
+    where = ", ".join(f"{t} at {b} epochs (~1/4 of the table's compute)" for t, b in quarters.items())
+    vs = rr.versus(norm, "random", quarters, args.seed) if any("random" in d["regrets"] for d in done) else {}
+    md = "\n\n".join(d["md"] for d in done) + "\n\n" + rr.markdown(summ, ranks)
+    if vs:
+        md += "\n\n" + rr.versus_markdown(vs, "random", where)
+    print(md)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "replay.md").write_text(head + "\n\n" + md + "\n")
-        (out / "replay.json").write_text(json.dumps({"budgets": budgets, "regrets": regrets, "found": found,
-                                                     "best": s.best, "best_design": str(best.design)}))
-        plot(regrets, budgets, out / "replay.png", f"{s.task}: regret vs compute ({args.repeats} repeats)")
-        print(f"wrote {out / 'replay.md'}, replay.json, replay.png")
+        (out / "replay.md").write_text(md + "\n")
+        (out / "replay.json").write_text(json.dumps({"tasks": [{k: v for k, v in d.items() if k != "md"} for d in done],
+                                                     "ranks": ranks, "versus_random": vs}))
+        rr.write_csv(records, out / "replay.csv")
+        rr.plot(summ, out / "replay.png", f"{args.repeats} repeats")
+        print(f"wrote {out / 'replay.md'}, replay.json, replay.csv, replay.png")
