@@ -144,13 +144,13 @@ class SpaceConf:
     num_groups: Optional[int] = None
     # the strategy letters the space draws from (the paper's four; a registered fifth such as I opens more)
     letters: str = "APBL"
-    # how designs are chosen: random (the plan above), tpe or gp (Optuna studies, one per task)
+    # how designs are chosen: random (the plan above), tpe, gp or de (Optuna studies, one per task)
     search: str = "random"
     # stop weak designs early: none, successive_halving, hyperband, median (resources = evaluations)
     pruner: str = "none"
-    # trials of a tpe/gp study per task (null: num_samples)
+    # trials of a tpe/gp/de study per task (null: num_samples)
     trials: Optional[int] = None
-    # studies (tpe, gp, or random with a pruner) also search optimizer.lr and optimizer.lr_scale per letter
+    # studies (tpe, gp, de, or random with a pruner) also search optimizer.lr and optimizer.lr_scale per letter
     search_lr: bool = False
     # what a study optimises: [score], or [score, trainable_params | step_time] for a Pareto front
     objectives: list[str] = field(default_factory=lambda: ["score"])

@@ -361,3 +361,50 @@ def test_the_median_stopping_rule_stops_a_trial_below_the_earlier_trials_median(
     with pytest.raises(Pruned, match="pruned after evaluation 1"):
         below.report(1, 0.65)
     assert isinstance(Pruned("x"), optuna.TrialPruned)
+
+
+def test_differential_evolution_proposes_a_mutant_of_three_finished_trials():
+    from itertools import permutations
+
+    from pdspace.search.de import DESampler
+
+    sampler = DESampler(seed=0, startup=4, mutation=0.5, crossover=1.0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = optuna.distributions.FloatDistribution(0.0, 10.0)
+    pool = [1.0, 2.0, 4.0, 8.0]
+    for x in pool:
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": dist}, value=x))
+    # with every parameter crossed over, the proposal is a + 0.5 (b - c) (clipped to the range) of three members
+    mutants = {round(min(10.0, max(0.0, a + 0.5 * (b - c))), 9) for a, b, c in permutations(pool, 3)}
+    seen = set()
+    for _ in range(20):
+        trial = study.ask({"x": dist})
+        seen.add(round(trial.params["x"], 9))
+        study.tell(trial, state=TrialState.FAIL)  # failed: the population stays the four above
+    assert seen <= mutants and len(seen) > 3
+    # a categorical is crossed as its index: a [True, False] flag stays one of its choices
+    flag = optuna.distributions.CategoricalDistribution([True, False])
+    study2 = optuna.create_study(direction="maximize", sampler=DESampler(seed=1, startup=4))
+    for i, x in enumerate(pool):
+        study2.add_trial(optuna.trial.create_trial(params={"f": bool(i % 2)}, distributions={"f": flag}, value=x))
+    assert {study2.ask({"f": flag}).params["f"] for _ in range(10)} <= {True, False}
+
+
+def test_a_de_search_is_one_of_the_searches_and_is_deterministic_for_a_seed(tmp_path):
+    from pdspace.search.study import SEARCHES, make_sampler
+
+    assert "de" in SEARCHES
+    spec = study_spec({"name": "S0", "search": "de", "pruner": "hyperband", "trials": 12}, tmp_path, "sst2", 3)
+    space = DesignSpace(6, 4)
+
+    def run(seed):
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, seed))
+        designs = []
+        for _ in range(12):
+            trial = study.ask()
+            design = design_params(trial, space)
+            designs.append(str(design))
+            study.tell(trial, float(len(str(design)) % 7))
+        return designs
+
+    assert run(3) == run(3) and len(set(run(3))) > 6

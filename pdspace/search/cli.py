@@ -1,7 +1,7 @@
-"""`pdspace-search`: one entry point for every search (greedy, random, tpe, gp), resumable.
+"""`pdspace-search`: one entry point for every search (greedy, random, tpe, gp, de), resumable.
 
 - `--search greedy` (default): the paper's staged search S0 -> S1 -> ... -> S4 (`pdspace.search.greedy`);
-- `--search random|tpe|gp [--pruner successive_halving|hyperband|median] [--trials N]`: one sweep of the start
+- `--search random|tpe|gp|de [--pruner successive_halving|hyperband|median] [--trials N]`: one sweep of the start
   space, designs drawn at random (today's plans) or proposed by an Optuna study (`pdspace.search.study`),
   weak ones stopped early by the pruner.
 

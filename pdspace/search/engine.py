@@ -1,4 +1,4 @@
-"""The search engine's primitives, shared by every search (greedy, random, tpe, gp) and its confirmation.
+"""The search engine's primitives, shared by every search (greedy, random, tpe, gp, de) and its confirmation.
 
 The search side of pdspace, bottom up (each module imports only those above it in this list):
 
@@ -67,7 +67,7 @@ class SearchInterrupted(SearchError):
 class SearchSpec:
     """What one search is asked to do, as plain values (the flags of `pdspace-search`, same names and defaults).
 
-    `search`: one of `SEARCHES`; `pruner`, `trials`: a one-sweep search's (random/tpe/gp); `samples`: designs per
+    `search`: one of `SEARCHES`; `pruner`, `trials`: a one-sweep search's (random/tpe/gp/de); `samples`: designs per
     greedy stage (and a one-sweep search's trials when `trials` is None); `confirm_seeds`: a list of seeds or
     their comma-separated text; `overrides`: KEY=VALUE arguments every `pdspace-train` job gets."""
 

@@ -1,6 +1,6 @@
 """One search from start (or resume) to its found design: `search(SearchSpec(...))`, what `pdspace-search` runs.
 
-The search's sweeps (the greedy stages, `pdspace.search.greedy`, or one sweep of a random/tpe/gp study),
+The search's sweeps (the greedy stages, `pdspace.search.greedy`, or one sweep of a random/tpe/gp/de study),
 then its confirmation (`pdspace.search.confirm`) of the top designs in the final space, then the found
 design's preset and command (`pdspace.search.engine.finish`); `<dir>/search.json` keeps the state after
 every step, so the same spec again resumes where it stopped and trains no completed job twice.
@@ -93,7 +93,7 @@ def _settings(spec: SearchSpec, setting: Setting, state: dict[str, Any], state_p
 
 def search_sweep(spec: SearchSpec, setting: Setting, root: Path, state: dict[str, Any],
                  state_path: Path) -> tuple[dict[str, Any], list[Path]]:
-    """A random/tpe/gp search: one sweep of the start space (`--trials` designs, the pruner stopping weak ones
+    """A random/tpe/gp/de search: one sweep of the start space (`--trials` designs, the pruner stopping weak ones
     early), resumed or skipped when done; returns its final space (the start space) and its sweep dir."""
     conf = root / "conf"
     sweep = root / spec.search

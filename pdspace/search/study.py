@@ -35,7 +35,7 @@ from pdspace.design.space import Design, DesignSpace
 from pdspace.job import RunPruned
 
 log = logging.getLogger("pdspace.study")
-SEARCHES = ("random", "tpe", "gp")
+SEARCHES = ("random", "tpe", "gp", "de")
 PRUNERS = ("none", "successive_halving", "hyperband", "median")
 # what a study can optimise: the task objective (maximised) and costs (minimised)
 OBJECTIVES = {"score": "maximize", "trainable_params": "minimize", "step_time": "minimize"}
@@ -172,13 +172,18 @@ def study_spec(block: Mapping[str, Any], sweep_dir: str | Path, task: str, max_e
 
 
 def make_sampler(spec: StudySpec, seed: int) -> Any:
-    """Optuna's sampler for `spec.search` (TPE multivariate with conditional groups, or the GP sampler)."""
+    """The sampler for `spec.search`: Optuna's TPE (multivariate, conditional groups), GP or random sampler, or
+    differential evolution (`pdspace.search.de`)."""
     if spec.search == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
                                           n_startup_trials=spec.startup_trials)
     if spec.search == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.startup_trials,
                                          warn_independent_sampling=False)
+    if spec.search == "de":
+        from pdspace.search.de import DESampler
+
+        return DESampler(seed=seed, startup=spec.startup_trials)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
