@@ -243,6 +243,49 @@ def test_a_resumed_job_continues_its_wandb_run(launch, monkeypatch, tmp_path):
     assert len(runs) == 2 and all(run_id in r.name for r in runs)
 
 
+def test_the_wandb_run_files_hold_what_a_dashboard_shows_for_completed_pruned_and_failed_jobs(launch, monkeypatch,
+                                                                                             tmp_path):
+    from wandb_file import read_run
+
+    from pdspace.search import study
+
+    real = study.TrialJob.report
+
+    def report(self, step, value):
+        # trial slot 1 is stopped by the study after its first evaluation, slot 2 fails there
+        if self.slot == 1:
+            raise study.Pruned(f"pruned after evaluation {step} ({value:.4f})")
+        if self.slot == 2:
+            raise RuntimeError("boom")
+        return real(self, step, value)
+
+    monkeypatch.setattr(study.TrialJob, "report", report)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    found = launch(*FAST, "trainer.max_epochs=2", "space=S0", "space.tasks=[synthetic_cls]", "space.search=random",
+                   "space.pruner=hyperband", "space.num_samples=3", "max_failure_rate=1", multirun=True,
+                   logger="wandb")
+    assert [r["status"] for r in found] == ["completed", "pruned", "failed"]
+    for job, result in enumerate(found):
+        (path,) = (tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*/run-*.wandb")
+        run = read_run(path)
+        assert run["id"] == result["tracking"]["wandb_id"] and run["group"] == "sweep"
+        assert run["name"] == f"synthetic_cls.{result['design_id']}.seed0"
+        # the composed config and the design / parameter-count columns a dashboard filters by
+        config = run["config"]
+        assert config["design/design_id"] == result["design_id"] and config["budget_fraction"] == 0.005
+        assert config["params/trainable_params"] == result["params"]["trainable_params"]
+        assert config["design/tunable"] == result["design_dims"]["tunable"]
+        objective = [row["objective"] for row in run["history"] if "objective" in row]
+        # every evaluation made: the completed job's two, the pruned one's curve up to its stop (one), and the
+        # failed one's evaluation before it failed (its result.json keeps no curve)
+        curve = [e["score"] for e in (result.get("metrics") or {}).get("per_epoch", [])]
+        assert len(objective) == {"completed": 2, "pruned": 1, "failed": 1}[result["status"]]
+        assert objective == pytest.approx(curve) or result["status"] == "failed"
+        assert run["summary"]["objective"] == pytest.approx({"max": max(objective)})
+        assert run["exit_code"] == (1 if result["status"] == "failed" else 0)
+        assert ("pruned" in run["tags"]) == (result["status"] == "pruned")
+
+
 # --------------------------------------------------------------------------- fix the cause, relaunch the same dir
 
 
