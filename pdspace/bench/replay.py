@@ -317,8 +317,7 @@ def split_confirm(strategy: str) -> tuple[str, bool]:
 def parse_strategy(strategy: str) -> tuple[str, str]:
     """(search, pruner) of a strategy of `STRATEGIES`, with or without `+confirm` (`SEARCH+none` reads as
     SEARCH); SystemExit (one line) for one replay cannot run."""
-    strategy = split_confirm(strategy)[0]
-    search, plus, pruner = strategy.partition("+")
+    search, plus, pruner = split_confirm(strategy)[0].partition("+")
     pruner = pruner or "none"
     if strategy_name(search, pruner) in STRATEGIES and (not plus or search in study.SEARCHES):
         return search, pruner
