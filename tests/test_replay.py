@@ -13,6 +13,7 @@ from pdspace.bench import replay, table
 from pdspace.bench.__main__ import main
 from pdspace.design.space import Design
 
+SHIPPED_V2 = Path(__file__).resolve().parents[1] / "benchmarks" / "minilm_sst2_table_v2.parquet"
 SHIPPED = Path(__file__).resolve().parents[1] / "benchmarks" / "minilm_sst2_table.parquet"
 
 
@@ -69,6 +70,20 @@ def test_replay_is_deterministic_for_a_fixed_seed():
     a = replay.replay(setup, strategies, budgets, repeats=3, seed=1)
     assert a == replay.replay(setup, strategies, budgets, repeats=3, seed=1)
     assert a == replay.replay(setup, strategies, budgets, repeats=3, seed=1, jobs=2)
+
+
+@pytest.mark.skipif(not SHIPPED_V2.exists(), reason=f"{SHIPPED_V2} not recorded yet")
+def test_the_v2_table_has_three_seeds_a_design_the_full_dev_set_and_no_machine_paths():
+    rows = table.read(SHIPPED_V2)
+    setup = replay.setup(rows)
+    # 30 S0 designs, S4 and the four uniform baselines (a drawn S0 design may coincide with one of them)
+    assert len(setup.recorded) >= 33 and setup.epochs == 3
+    assert all(len(r.curves) == 3 for r in setup.recorded.values())
+    assert {r["seed"] for r in rows} == {0, 1, 2}
+    assert all(not r["source"].startswith("/") and ".." not in r["source"] for r in rows)
+    # every run's per-example dev predictions: SST-2's 872 dev sentences, each run's the same examples
+    assert all(len(r["pred"]) == len(r["gold"]) == 872 for r in rows)
+    assert len({tuple(r["pred_index"]) for r in rows}) == 1
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason=f"{SHIPPED} not recorded yet")
