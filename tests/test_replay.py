@@ -208,3 +208,14 @@ def test_replay_writes_one_csv_row_per_repeat_and_budget(tmp_path, capsys):
     # design means 0.5 ... 0.9 (each seed's best evaluation): a range of 0.4
     assert all(float(r["normalised_regret"]) == pytest.approx(float(r["regret"]) / 0.4) for r in got)
     assert (tmp_path / "o" / "replay.png").stat().st_size > 0
+
+
+def test_a_study_replayed_tries_each_recorded_design_once_before_repeating_one():
+    # five designs of one epoch each: 5 trials of a TPE study see all five (its suggestions, projected onto the
+    # table, would otherwise collide on the nearest few), and a sixth repeats one
+    rows = [_row(d, 0, [0.5 + 0.1 * i]) for i, d in enumerate(TOY)]
+    s = replay.setup(rows)
+    found, _, spent = replay.run_study(s, "tpe", "none", [5], seed=0)[5]
+    assert spent == 5 and sorted(r["design_id"] for r in found) == sorted(map(str, TOY))
+    found6, _, _ = replay.run_study(s, "tpe", "none", [6], seed=0)[6]
+    assert len(found6) == 6 and len({r["design_id"] for r in found6}) == 5

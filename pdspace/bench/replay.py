@@ -9,7 +9,8 @@ narrowing (`greedy.stages`, `analysis.analyse`, `narrowing.narrowed_space`), Opt
 The strategies are the searches of `pdspace-search` (`engine.SEARCHES`) and a study search with a pruner,
 `SEARCH+PRUNER` (`STRATEGIES`).
 Only the recorded designs exist: random and greedy draw among them, a study's suggestion is mapped to
-the nearest recorded design, and greedy stages are uncontrolled (a random table holds few controlled
+the nearest recorded design it has not tried yet in that repeat (a live sampler's suggestions are new
+designs; a projection onto a small table would otherwise repeat a few), and greedy stages are uncontrolled (a random table holds few controlled
 expansions).
 
 The result, per strategy and compute budget (training epochs spent), is the distribution over repeats
@@ -274,11 +275,16 @@ def run_study(s: Setup, search: str, pruner: str, budgets: Sequence[int], seed: 
     optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
     designs = list(s.recorded)
     vectors = np.array([_vector(d, s.letters) for d in designs])
+    tried = np.zeros(len(designs), dtype=bool)
 
     def nearest(design: Design) -> Design:
-        if design in s.recorded:
-            return design
-        return designs[int(np.abs(vectors - np.array(_vector(design, s.letters))).sum(axis=1).argmin())]
+        # the nearest recorded design not yet tried in this repeat (all tried: the nearest of all): a live
+        # sampler's suggestions are new designs, so a projection onto the table must not repeat them
+        free = ~tried if not tried.all() else np.ones(len(designs), dtype=bool)
+        distance = np.abs(vectors - np.array(_vector(design, s.letters))).sum(axis=1)
+        j = int(np.where(free, distance, np.inf).argmin())
+        tried[j] = True
+        return designs[j]
 
     oracle = Oracle(s.recorded, random.Random(seed))
     space = s.space()
