@@ -28,8 +28,8 @@ def _results(root: Path) -> dict[Path, str]:
 def test_staged_search_killed_mid_stage_resumes_and_finishes(tmp_path):
     root = tmp_path / "search"
     # --confirm-k 0: this test is about the stages (tests/test_confirm.py tests the confirmation)
-    cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--tasks", "synthetic_cls", "--samples", "3",
-           "--name", "tiny", "--confirm-k", "0", "backbone=tiny-bert", "trainer.max_epochs=1",
+    cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--search", "greedy", "--tasks", "synthetic_cls",
+           "--samples", "3", "--name", "tiny", "--confirm-k", "0", "backbone=tiny-bert", "trainer.max_epochs=1",
            "task.max_train_samples=32", "task.max_eval_samples=16", "data.batch_size=16", "optimizer.lr=1e-2",
            "logger=none", "callbacks=none", f"data.cache_dir={tmp_path}/cache"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -132,8 +132,8 @@ def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path, how):
     (mine / "tiny3.yaml").write_text((Path(__file__).parents[1] / "conf" / "space" / "S0.yaml").read_text()
                                      .replace("name: S0", "name: tiny3"))
     root = tmp_path / "search"
-    cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--tasks", "synthetic_cls", "--samples", "5",
-           "--space", "tiny3", "--config-dir", str(tmp_path / "mine"), "backbone=tiny-bert", "num_groups=3",
+    cmd = [sys.executable, "-m", "pdspace.search", "--dir", str(root), "--search", "greedy", "--tasks", "synthetic_cls",
+           "--samples", "5", "--space", "tiny3", "--config-dir", str(tmp_path / "mine"), "backbone=tiny-bert", "num_groups=3",
            "task.synthetic_size=4000", "logger=none", "callbacks=none", f"data.cache_dir={tmp_path}/cache"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -180,7 +180,8 @@ def test_strategy_is_the_deprecated_name_of_search(capsys):
         assert parse(["--strategy", search, "--trials", "4"]) == parse(["--search", search, "--trials", "4"])
         err = capsys.readouterr().err
         assert err == "pdspace-search: warning: --strategy is deprecated; use --search\n"
-    assert parse([]).search == "greedy" and not capsys.readouterr().err
+    # the default is random search (the replay of design table v2: nothing beat it; greedy was worse)
+    assert parse([]).search == "random" and not capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         parse(["--search", "bohb"])
     assert exit_.value.code == 2 and "invalid choice: 'bohb'" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """`pdspace-search`: one entry point for every search (greedy, random, tpe, gp, de), resumable.
 
-- `--search greedy` (default): the paper's staged search S0 -> S1 -> ... -> S4 (`pdspace.search.greedy`);
 - `--search random|tpe|gp|de [--pruner successive_halving|hyperband|median] [--trials N]`: one sweep of the start
-  space, designs drawn at random (today's plans) or proposed by an Optuna study (`pdspace.search.study`),
-  weak ones stopped early by the pruner.
+  space, designs drawn at random (today's plans; the default, the best or level with the best in the replay of
+  design table v2) or proposed by an Optuna study (`pdspace.search.study`), weak ones stopped early by the pruner;
+- `--search greedy`: the paper's staged search S0 -> S1 -> ... -> S4 (`pdspace.search.greedy`).
 
 (`--strategy` is the old name of `--search`: it still works, with a deprecation warning.)
 
