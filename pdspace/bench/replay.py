@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pdspace.bench import table as table_io
+from pdspace.bench.replay_report import normalised
 from pdspace.design.space import Design, DesignSpace, normalize_strategies
 from pdspace.search import study
 from pdspace.search.engine import PRUNERS, SEARCHES, SearchError, best_design, ranked_designs
@@ -406,7 +407,7 @@ def replay(s: Setup, strategies: Sequence[str], budgets: Sequence[int], repeats:
                     found.setdefault(strat, {}).setdefault(b, []).append(design)
                 if records is not None:
                     records.append({"task": s.task, "strategy": strat, "budget": b, "repeat": rep - seed,
-                                    "regret": regret, "normalised_regret": regret / s.spread if s.spread > 0 else 0.0,
+                                    "regret": regret, "normalised_regret": normalised(regret, s.spread),
                                     "spent": spent, "design_id": design})
     return out
 

@@ -22,10 +22,19 @@ BOOT = 1000
 Norm = Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]]
 
 
+def normalised(regret: float, spread: float) -> float:
+    """A regret divided by the table's range of design means (a table of one score: 0)."""
+    return regret / spread if spread > 0 else 0.0
+
+
 def normalise(regrets: Mapping[str, Mapping[int, Sequence[float]]], spread: float) -> dict[str, dict[int, list[float]]]:
-    """Regrets divided by the table's range of design means (a table of one score: all 0)."""
-    return {st: {b: [r / spread if spread > 0 else 0.0 for r in v] for b, v in per.items()}
-            for st, per in regrets.items()}
+    """Every regret `normalised`, per strategy and budget."""
+    return {st: {b: [normalised(r, spread) for r in v] for b, v in per.items()} for st, per in regrets.items()}
+
+
+def _boot_means(x: np.ndarray, rng: np.random.Generator, boot: int) -> np.ndarray:
+    # the means of `boot` resamples of x (with replacement, each as long as x)
+    return x[rng.integers(0, x.size, size=(boot, x.size))].mean(axis=1)
 
 
 def mean_ci(values: Sequence[float], rng: np.random.Generator, boot: int = BOOT,
@@ -34,7 +43,7 @@ def mean_ci(values: Sequence[float], rng: np.random.Generator, boot: int = BOOT,
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return math.nan, math.nan, math.nan
-    means = x[rng.integers(0, x.size, size=(boot, x.size))].mean(axis=1)
+    means = _boot_means(x, rng, boot)
     tail = (1 - level) / 2
     return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
@@ -80,7 +89,7 @@ def average_ranks(norm: Norm, seed: int = 0, boot: int = BOOT) -> dict[str, tupl
         for j, st in enumerate(strategies):
             x = np.asarray(norm[task][st][b], dtype=float)
             point[i, j] = x.mean()
-            draws[:, i, j] = x[rng.integers(0, x.size, size=(boot, x.size))].mean(axis=1)
+            draws[:, i, j] = _boot_means(x, rng, boot)
     mean_rank = _rank_rows(point).mean(axis=0)
     boot_rank = _rank_rows(draws).mean(axis=1)
     return {st: (float(mean_rank[j]), float(np.quantile(boot_rank[:, j], 0.025)),
@@ -102,8 +111,7 @@ def versus(norm: Norm, baseline: str, budgets: Mapping[str, int], seed: int = 0,
             if not x.size or not y.size:
                 continue
             point.append(x.mean() - y.mean())
-            draws.append(x[rng.integers(0, x.size, (boot, x.size))].mean(1) - y[rng.integers(0, y.size,
-                                                                                           (boot, y.size))].mean(1))
+            draws.append(_boot_means(x, rng, boot) - _boot_means(y, rng, boot))
         if point:
             d = np.mean(draws, axis=0)
             out[st] = (float(np.mean(point)), float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
