@@ -132,12 +132,17 @@ class Job:
     @property
     def dir_key(self) -> str:
         """The setting that moves the job's output elsewhere."""
-        return "hydra.sweep.dir" if self.multirun else "hydra.run.dir"
+        return dir_key(self.multirun)
 
     def save(self) -> None:
         """Write the record as it stands (status `running`), e.g. once a trial is known."""
         if self.rank0:
             results.write(self.out / RESULT_FILE, {**self.record, "status": "running"})
+
+
+def dir_key(multirun: bool) -> str:
+    """The setting that moves a job's output elsewhere: the sweep dir of a multirun, else the run dir."""
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
 def keep_aside(out: Path, status: str) -> Path:
@@ -211,7 +216,7 @@ def run_job(out: Path, config: dict[str, Any], pipeline: Pipeline, fields: Field
         return float("nan")
     except OSError as e:
         # the disk refused the job's first write (its dir, lock or result.json): nothing ran
-        line = results.disk_error(e, out, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        line = results.disk_error(e, out, dir_key(multirun))
         if line is None:
             raise
         if not multirun:
