@@ -113,6 +113,7 @@ class DataConf:
     effective_batch_size: Optional[int] = None
     eval_batch_size: int = 64
     num_workers: int = 0
+    num_proc: Optional[int] = None
     cache_dir: Optional[str] = None
     subset_seed: int = 0
 
@@ -170,6 +171,10 @@ class TrainingConf:
     compile: bool = False
     # torch.compile's mode (null: its default)
     compile_mode: Optional[str] = None
+    # regional: each transformer block; model: the whole forward (see pdspace.compile)
+    compile_scope: str = "regional"
+    # inductor's on-disk compile cache (null: TORCHINDUCTOR_CACHE_DIR, else ~/.cache/pdspace/compile)
+    compile_cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -362,6 +367,7 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "max_failure_rate", float, 0, example="max_failure_rate=0.25")
     _number(cfg, "checkpoint_every_n_steps", int, 1, example="checkpoint_every_n_steps=100")
     _number(cfg, "data.num_workers", int, 0, example="data.num_workers=0")
+    _number(cfg, "data.num_proc", int, 1, example="data.num_proc=4, or null for one process")
     _number(cfg, "task.synthetic_size", int, 1, example="task.synthetic_size=512, or null for the default (512 rows)")
     if _get_value(cfg, "task.name") == "files":
         missing = [k for k in ("train", "validation") if _missing(cfg, f"task.{k}")]
@@ -419,9 +425,9 @@ def _missing(cfg: Any, key: str) -> bool:
 
 # keys that never change what a job computes: where things go, how they are logged, how a sweep is run
 NON_RESULT_KEYS = ("labels", "logger", "callbacks", "space", "method", "dry_run", "max_failure_rate", "ckpt_path",
-                   "train.compile", "train.compile_mode",
+                   "train.compile", "train.compile_mode", "train.compile_scope", "train.compile_cache_dir",
                    "checkpoint_every_n_steps", "save_checkpoint", "data.cache_dir", "data.num_workers",
-                   "data.eval_batch_size", "task.glue_dir", "trainer.log_every_n_steps",
+                   "data.num_proc", "data.eval_batch_size", "task.glue_dir", "trainer.log_every_n_steps",
                    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing")
 
 

@@ -317,7 +317,7 @@ def test_subset_is_seeded_and_loader_order(tok):
         dm = PDSpaceDataModule("synthetic_cls", tok, max_train_samples=20, max_eval_samples=10, subset_seed=seed)
         dm.setup()
         assert dm.num_rows == {"train": 20, "validation": 10}
-        return dm._data["train"].columns["input_ids"]
+        return list(dm.dataset("train").with_format(None)["input_ids"])
 
     assert rows(0) == rows(0) != rows(1)
     dm = PDSpaceDataModule("synthetic_cls", tok, batch_size=32)
@@ -333,7 +333,7 @@ def test_tokenise_once_memory_and_disk_cache(tok, tmp_path, monkeypatch):
     PDSpaceDataModule.clear_memory_cache()
     dm = PDSpaceDataModule("synthetic_cls", tok, **kw)
     dm.setup()
-    assert dm.cache_info == {"train": "built", "validation": "built"} and len(list(tmp_path.glob("*.pt"))) == 2
+    assert dm.cache_info == {"train": "built", "validation": "built"} and len(list(tmp_path.glob("*.arrow"))) == 2
     reference = _batch(dm)
 
     def no_loading(*args, **kwargs):
@@ -352,3 +352,63 @@ def test_tokenise_once_memory_and_disk_cache(tok, tmp_path, monkeypatch):
     assert all(torch.equal(reference[k], v) for k, v in _batch(disk).items())
     with pytest.raises(AssertionError, match="re-loaded"):  # another key does tokenise
         PDSpaceDataModule("synthetic_cls", tok, **{**kw, "subset_seed": 8}).setup()
+
+
+# --------------------------------------------------------------------------- Arrow under the data module
+
+
+def _files_task_dir(tmp_path, n=40):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("premise\thypothesis\tlabel\n" + "".join(f"a cat sat {i}\tno dog {i % 7}\t{i % 3}\n"
+                                                             for i in range(n)))
+    return files_task("pairs", "classification", ("premise", "hypothesis"), "label", 3), path
+
+
+def test_a_cached_split_is_one_memory_mapped_arrow_file(tok, tmp_path):
+    from datasets.table import MemoryMappedTable
+
+    task, path = _files_task_dir(tmp_path)
+    kw = dict(files={"train": path, "validation": path}, cache_dir=tmp_path / "cache", max_train_samples=30)
+    PDSpaceDataModule.clear_memory_cache()
+    built = PDSpaceDataModule(task, tok, **kw)
+    built.setup("fit")
+    PDSpaceDataModule.clear_memory_cache()
+    dm = PDSpaceDataModule(task, tok, **kw)
+    dm.setup("fit")
+    assert dm.cache_info == {"train": "disk", "validation": "disk"}
+    for split in ("train", "validation"):
+        ds = dm.dataset(split)
+        assert isinstance(ds.data, MemoryMappedTable), split  # pages shared by every job that opens it
+        (cached,) = ds.cache_files
+        assert Path(cached["filename"]).parent == tmp_path / "cache" and cached["filename"].endswith(".arrow")
+    assert str(dm.dataset("train").features["input_ids"].feature.dtype) == "int32"
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".arrow", ".arrow"]  # no tmp file left
+    # the same ids as the tokenizer gives, example by example
+    ids = dm.dataset("validation").with_format(None)["input_ids"]
+    assert list(ids) == tok([f"a cat sat {i}" for i in range(40)], [f"no dog {i % 7}" for i in range(40)])["input_ids"]
+
+
+def test_a_file_read_as_both_splits_is_tokenised_once(tok, tmp_path, monkeypatch):
+    task, path = _files_task_dir(tmp_path)
+    calls = []
+    real = PDSpaceDataModule._build
+    monkeypatch.setattr(PDSpaceDataModule, "_build", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    PDSpaceDataModule.clear_memory_cache()
+    dm = PDSpaceDataModule(task, tok, files={"train": path, "validation": path}, cache_dir=tmp_path / "cache")
+    dm.setup("fit")
+    assert calls == ["train"] and dm.cache_info == {"train": "built", "validation": "memory"}
+    assert dm.num_rows == {"train": 40, "validation": 40}
+    # a subset of one split is other data: tokenised on its own
+    PDSpaceDataModule(task, tok, files={"train": path, "validation": path}, max_eval_samples=10).setup("fit")
+    assert calls == ["train", "validation"]
+
+
+def test_loader_batches_come_from_torch_formatted_rows(tok, tmp_path):
+    task, path = _files_task_dir(tmp_path)
+    dm = PDSpaceDataModule(task, tok, files={"train": path, "validation": path}, batch_size=8)
+    dm.setup("fit")
+    row = dm.dataset("train")[0]
+    assert isinstance(row["input_ids"], torch.Tensor) and row["labels"].dtype == torch.int64
+    b = next(iter(dm.val_dataloader()))
+    assert b["input_ids"].dtype == torch.long and b["labels"].tolist() == [i % 3 for i in range(8)]
+    assert b["attention_mask"].sum(1).tolist() == [len(x) for x in dm.dataset("validation")[:8]["input_ids"]]

@@ -79,7 +79,7 @@ def test_an_edited_data_file_never_hits_a_stale_cache(tmp_path):
         PDSpaceDataModule.clear_memory_cache()
         dm = PDSpaceDataModule("sst2", tok, glue_dir=str(tmp_path / "glue"), cache_dir=str(tmp_path / "cache"))
         dm.setup("fit")
-        return list(dm._data["train"].columns["labels"])
+        return list(dm.dataset("train").with_format(None)["labels"])
 
     assert labels() == [1, 0, 1, 0]
     path = glue / "train.tsv"

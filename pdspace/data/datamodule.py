@@ -1,4 +1,10 @@
-"""Lightning data module: rows of a task, tokenised once (memory and disk cache), padded per batch.
+"""Lightning data module: rows of a task, tokenised once into Arrow tables (memory and disk cache), padded per batch.
+
+A split is tokenised with `datasets.Dataset.map(batched=True)` and, with a `cache_dir`, written there as one Arrow
+file keyed by everything its content depends on (the source files by content hash, the tokenizer, the subset, the
+lengths). Later jobs memory-map that file: opening it costs milliseconds, and the jobs of one machine share its
+pages instead of each holding a copy. Within a process, a split opened once is reused (`cache_info`: "built",
+"disk" or "memory").
 
 Batches by mode:
 
@@ -11,23 +17,40 @@ Batches by mode:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from pdspace.data.sources import glue_path, load_rows
-from pdspace.data.tasks import DataError, TaskSpec, encode_target, format_input, get_task
+from pdspace.data.tasks import (
+    DataError,
+    TaskSpec,
+    encode_target,
+    format_input,
+    get_task,
+)
+
+if TYPE_CHECKING:
+    import datasets
 
 IGNORE_INDEX = -100
+# the layout of a cached split; a change of what `_build` writes bumps it, so no job reads an older file
+CACHE_FORMAT = "arrow-1"
+# rows tokenised per `map` batch (a fast tokenizer parallelises within a batch: 1,000 took twice as long as 50,000
+# on 2 cores), and the size from which a build shows a progress bar
+MAP_BATCH = 10_000
+PROGRESS_ROWS = 50_000
 # tokenised splits of this process, shared by all data modules: a sweep re-tokenises nothing
-_MEMO: dict[tuple, dict[str, list]] = {}
+_MEMO: dict[tuple, datasets.Dataset] = {}
 
 
 def file_signature(path: str | os.PathLike) -> tuple:
@@ -88,23 +111,10 @@ class _ResumableLoader(DataLoader):
         pass
 
 
-class _Columns(Dataset):
-    """Example i of a dict of equally long columns."""
-
-    def __init__(self, columns: dict[str, list]) -> None:
-        self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.columns["input_ids"])
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {k: v[i] for k, v in self.columns.items()}
-
-
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+def _pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
     out = torch.full((len(seqs), max(map(len, seqs))), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = s
     return out
 
 
@@ -119,16 +129,16 @@ class _Collate:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [e["input_ids"] for e in examples]
         batch: dict[str, Any] = {"input_ids": _pad(ids, self.pad_id),
-                                 "attention_mask": _pad([[1] * len(s) for s in ids], 0)}
+                                 "attention_mask": _pad([torch.ones(len(s), dtype=torch.long) for s in ids], 0)}
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)
         score = torch.float if self.regression else torch.long
         if not self.text_to_text:
-            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=score)
+            batch["labels"] = torch.stack([e["labels"] for e in examples]).to(score)
             return batch
         batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX)
         gold = [e["gold"] for e in examples]
-        batch["gold"] = gold if isinstance(gold[0], str) else torch.tensor(gold, dtype=score)
+        batch["gold"] = gold if isinstance(gold[0], str) else torch.stack(gold).to(score)
         return batch
 
 
@@ -144,7 +154,7 @@ class PDSpaceDataModule(L.LightningDataModule):
                  max_eval_samples=task.get("max_eval_samples"), batch_size=data.batch_size,
                  eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, subset_seed=data.subset_seed,
                  glue_dir=task.get("glue_dir"), files=files, cache_dir=data.cache_dir,
-                 synthetic_size=task.get("synthetic_size"), seed=seed)
+                 synthetic_size=task.get("synthetic_size"), seed=seed, num_proc=data.get("num_proc"))
         dm.setup("fit")
         return dm
 
@@ -153,7 +163,8 @@ class PDSpaceDataModule(L.LightningDataModule):
                  max_train_samples: int | None = None, max_eval_samples: int | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  subset_seed: int = 0, glue_dir: str | None = None, files: dict | None = None,
-                 cache_dir: str | None = None, synthetic_size: int | None = None, seed: int = 0) -> None:
+                 cache_dir: str | None = None, synthetic_size: int | None = None, seed: int = 0,
+                 num_proc: int | None = None) -> None:
         super().__init__()
         self.spec = get_task(task)
         if tokenizer.pad_token_id is None:
@@ -181,7 +192,8 @@ class PDSpaceDataModule(L.LightningDataModule):
         self.synthetic_size = synthetic_size
         self.cache_info: dict[str, str] = {}
         self.num_rows: dict[str, int] = {}
-        self._data: dict[str, _Columns] = {}
+        self.num_proc = num_proc
+        self._data: dict[str, datasets.Dataset] = {}
 
     @staticmethod
     def clear_memory_cache() -> None:
@@ -191,77 +203,129 @@ class PDSpaceDataModule(L.LightningDataModule):
     def _key(self, split: str) -> tuple:
         tok = self.tokenizer
         # the source files by content: an edited, truncated or relabelled file never hits a stale cache
-        source: Any = None
+        # (a file read as both splits is tokenised once); generated rows depend on the split's name instead
+        source: Any = split
         if self.glue_dir:
             source = file_signature(glue_path(self.spec, split, self.glue_dir))
         elif self.files and split in self.files:
             source = file_signature(self.files[split])
-        return (type(tok).__name__, tok.name_or_path, len(tok), repr(self.spec), split, self.text_to_text,
-                self.max_length, self.max_target_length, self.max_samples[split], self.subset_seed, source,
-                self.synthetic_size)
+        return (CACHE_FORMAT, type(tok).__name__, tok.name_or_path, len(tok), repr(self.spec), self.text_to_text, self.max_length, self.max_target_length, self.max_samples[split], self.subset_seed,
+                source, self.synthetic_size)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, subset and tokenise the splits this stage needs, from cache where possible."""
+        import datasets
+
         for split in ("train", "validation") if stage in (None, "fit") else ("validation",):
             if split in self._data:
                 continue
             key = self._key(split)
             digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-            path = self.cache_dir / f"{digest}.pt" if self.cache_dir else None
+            path = self.cache_dir / f"{digest}.arrow" if self.cache_dir else None
             if key in _MEMO:
                 how = "memory"
             elif path is not None and path.is_file():
-                _MEMO[key], how = torch.load(path), "disk"
+                _MEMO[key], how = datasets.Dataset.from_file(str(path)), "disk"  # memory-mapped
             else:
-                _MEMO[key], how = self._build(split), "built"
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    torch.save(_MEMO[key], tmp)
-                    tmp.replace(path)  # atomic, so concurrent sweep jobs never read half a file
-            self._data[split] = _Columns(_MEMO[key])
+                _MEMO[key], how = self._build(split, path, digest), "built"
+            self._data[split] = _MEMO[key].with_format("torch", output_all_columns=True)
             self.cache_info[split], self.num_rows[split] = how, len(self._data[split])
 
-    def _build(self, split: str) -> dict[str, list]:
-        spec, tok = self.spec, self.tokenizer
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The tokenised split ("train" or "validation") as a `datasets.Dataset` (torch format), set up if need be."""
+        if split not in self._data:
+            self.setup("fit" if split == "train" else "validate")
+        return self._data[split]
+
+    def _rows(self, split: str) -> dict[str, list]:
+        """The split's rows (its fixed subset) as columns: the text fields and the label."""
+        spec = self.spec
         rows = load_rows(spec, split, glue_dir=self.glue_dir, files=self.files, synthetic_size=self.synthetic_size)
         n = self.max_samples[split]
         if n is not None and n < len(rows):
             # its own RNG: the subset stays the same whatever the training seed
             rows = [rows[i] for i in sorted(random.Random(self.subset_seed).sample(range(len(rows)), n))]
-        labels = [r[spec.label_field] for r in rows]
+        return {f: [r[f] for r in rows] for f in (*spec.text_fields, spec.label_field)}
+
+    def _encode(self, batch: dict[str, list]) -> dict[str, list]:
+        """Token ids of a batch of rows (`Dataset.map(batched=True)`): inputs, and the label or target ids."""
+        spec, tok = self.spec, self.tokenizer
+        labels = batch[spec.label_field]
         if not self.text_to_text:
-            texts = [[r[f] for r in rows] for f in spec.text_fields]
+            texts = [batch[f] for f in spec.text_fields]
             enc = tok(*texts, truncation=True, max_length=self.max_length, return_attention_mask=False)
             return {**enc, "labels": labels}
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         enc = tok([format_input(spec, r) for r in rows], truncation=True, max_length=self.max_length,
                   return_attention_mask=False, return_token_type_ids=False)
         targets = tok(text_target=[encode_target(spec, y) for y in labels], truncation=True,
                       max_length=self.max_target_length, return_attention_mask=False, return_token_type_ids=False)
         return {"input_ids": enc["input_ids"], "labels": targets["input_ids"], "gold": labels}
 
+    def _features(self) -> datasets.Features:
+        """The Arrow types of a tokenised split: int32 ids, int8 segment ids, the label as its kind."""
+        from datasets import Features, List, Value
+
+        ids = List(Value("int32"))
+        label = {"classification": Value("int64"), "regression": Value("float64"), "seq2seq": Value("string")}[
+            self.spec.kind]
+        if self.text_to_text:
+            return Features(input_ids=ids, labels=ids, gold=label)
+        columns = {"input_ids": ids, "labels": label}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            columns["token_type_ids"] = List(Value("int8"))
+        return Features(columns)
+
+    def _procs(self, rows: int) -> int | None:
+        """`map`'s processes: `num_proc` as given; by default one for a fast tokenizer (it runs a batch on every core
+        itself) and up to 8 for a slow one on a large split."""
+        n = self.num_proc
+        if n is None and not getattr(self.tokenizer, "is_fast", False) and rows >= PROGRESS_ROWS:
+            n = min(os.cpu_count() or 1, 8)
+        return n if n and n > 1 else None
+
+    def _build(self, split: str, path: Path | None, digest: str) -> datasets.Dataset:
+        """Tokenise a split with `Dataset.map`: into `path` (an Arrow file, written atomically) or into memory."""
+        import datasets
+
+        columns = self._rows(split)
+        raw = datasets.Dataset.from_dict(columns)
+        tmp = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with _progress(len(raw) >= PROGRESS_ROWS):
+            out = raw.map(self._encode, batched=True, batch_size=MAP_BATCH, remove_columns=raw.column_names,
+                          features=self._features(), num_proc=self._procs(len(raw)),
+                          keep_in_memory=path is None, cache_file_name=str(tmp) if tmp else None,
+                          new_fingerprint=digest, desc=f"tokenising {split}")
+        if tmp is None:
+            return out
+        del out  # its file is the tmp one; the cache is the renamed file, opened afresh
+        tmp.replace(path)  # atomic, so concurrent sweep jobs never read half a file
+        return datasets.Dataset.from_file(str(path))
+
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Make the next training loader start in `epoch` after `batches_done` batches (a resumed run)."""
         self._resume = (int(epoch), int(batches_done))
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        if split not in self._data:
-            self.setup("fit" if split == "train" else "validate")
+        data = self.dataset(split)
         collate = _Collate(self.tokenizer.pad_token_id, self.text_to_text, self.spec.kind == "regression")
         # a loader's own generator: starting an iterator then draws nothing from the global RNG, so dropout
         # follows the same stream whether or not the run was resumed in between
         common = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
         if not shuffle:
-            return DataLoader(self._data[split], shuffle=False, **common)
-        sampler = EpochSampler(len(self._data[split]), self.seed)
+            return DataLoader(data, shuffle=False, **common)
+        sampler = EpochSampler(len(data), self.seed)
         if self._resume is not None:
             epoch, done = self._resume
             self._resume = None
             batches = -(-len(sampler) // batch_size)
             # a checkpoint taken on an epoch's last batch resumes at the start of the next epoch
             sampler.resume(*((epoch + 1, 0) if done >= batches else (epoch, done * batch_size)))
-        return _ResumableLoader(self._data[split], sampler=sampler, **common)
+        return _ResumableLoader(data, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
@@ -270,3 +334,16 @@ class PDSpaceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order."""
         return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[None]:
+    """`datasets`' progress bars on (a long build) or off (a small one) inside the block, as they were after it."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    (ds_logging.enable_progress_bar if show else ds_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (ds_logging.enable_progress_bar if was else ds_logging.disable_progress_bar)()
