@@ -1,4 +1,4 @@
-"""Benchmarks that print a table: `pdspace-bench step|sweep|compile|table|replay --help`
+"""Benchmarks that print a table: `pdspace-bench step|sweep|compile|data|table|replay --help`
 (or `python -m pdspace.bench ...`).
 
 step: one training step (fwd + bwd + AdamW) of a patched model, every method interleaved
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 # subcommand modules of pdspace.bench: each has add_parser(sub), which sets `run` as the parser's default
-COMMANDS = ("step", "sweep", "recompiles", "table", "replay")
+COMMANDS = ("step", "sweep", "recompiles", "data", "table", "replay")
 
 
 def machine(gpu: bool = True) -> str:
