@@ -15,7 +15,7 @@ import transformers
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
-from pdspace.compile import CompiledModel, check_compile_mode
+from pdspace.compile import CompiledModel, check_compile_mode, check_compile_scope
 from pdspace.data.tasks import TaskSpec, add_score, make_metrics, parse_prediction
 from pdspace.peft.patch import parameter_groups, trainable_state_dict
 
@@ -39,10 +39,11 @@ class PEFTModule(L.LightningModule):
     None or a missing key: greedy, ``max_new_tokens = max_target_length``, length penalty 1.0.
 
     `compile=True` runs the training forward (and so its backward, through AOTAutograd) with
-    `torch.compile` (`compile_mode`: its mode, None for the default), batch and sequence
-    dimensions dynamic; see `CompiledModel`. Validation (the loss/logits forward and T5/BART
-    generation) stays eager on the same parameters, so it computes exactly what an eager run
-    does. `compile_stats()` counts compilations and recompiles.
+    `torch.compile` (`compile_mode`: its mode, None for the default; `compile_scope`: "regional",
+    each transformer block, or "model"), batch and sequence dimensions dynamic; see
+    `CompiledModel`. Validation (the loss/logits forward and T5/BART generation) stays eager on
+    the same parameters, so it computes exactly what an eager run does. `compile_stats()`
+    counts compilations and recompiles.
     """
 
     def __init__(self, model: nn.Module, spec: TaskSpec, tokenizer: Any, *, text_to_text: bool,
@@ -50,7 +51,8 @@ class PEFTModule(L.LightningModule):
                  warmup_ratio: float = 0.0, max_target_length: int | None = None,
                  checkpoint_path: str | Path | None = None,
                  generation: Mapping[str, Any] | None = None, compile: bool = False,
-                 compile_mode: str | None = None, lr_scale: Mapping[str, float] | None = None) -> None:
+                 compile_mode: str | None = None, lr_scale: Mapping[str, float] | None = None,
+                 compile_scope: str = "regional", compile_cache_dir: str | None = None) -> None:
         super().__init__()
         # backbones are cached in eval mode; training needs dropout back on
         self.model, self.spec, self.tokenizer = model.train(), spec, tokenizer
@@ -73,8 +75,10 @@ class PEFTModule(L.LightningModule):
         self.pred_gold: torch.Tensor | None = None
         self._val_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.compile, self.compile_mode = bool(compile), compile_mode
+        self.compile_scope, self.compile_cache_dir = compile_scope, compile_cache_dir
         if self.compile:
             check_compile_mode(compile_mode)
+            check_compile_scope(compile_scope)
         # built in configure_model (in every process a strategy starts); never pickled, never a submodule,
         # so the state dict and the checkpoints keep the plain model's keys
         self._compiled: CompiledModel | None = None
@@ -99,7 +103,8 @@ class PEFTModule(L.LightningModule):
                      warmup_ratio=cfg.scheduler.warmup_ratio, max_target_length=cfg.task.get("max_target_length"),
                      checkpoint_path=checkpoint_path, compile=bool(cfg.train.compile),
                      generation=OmegaConf.to_container(generation) if generation is not None else None,
-                     compile_mode=cfg.train.compile_mode)
+                     compile_mode=cfg.train.compile_mode, compile_scope=cfg.train.get("compile_scope", "regional"),
+                     compile_cache_dir=cfg.train.get("compile_cache_dir"))
         module.learning_rates = learning_rates(backbone.model, float(optimizer.get("lr", 0.0)), lr_scale)
         return module
 
@@ -109,7 +114,8 @@ class PEFTModule(L.LightningModule):
     def configure_model(self) -> None:
         """Compile the training forward once (`compile=True`); Lightning calls this at the start of fit."""
         if self.compile and self._compiled is None:
-            self._compiled = CompiledModel(self.model, self.compile_mode)
+            self._compiled = CompiledModel(self.model, self.compile_mode, scope=self.compile_scope,
+                                           cache_dir=self.compile_cache_dir)
 
     def compile_stats(self) -> dict[str, Any]:
         """Compilations of this module's model (see `CompiledModel.stats`); ``{"enabled": False}`` when eager."""

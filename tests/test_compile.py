@@ -1,8 +1,10 @@
 """torch.compile of patched models (`train.compile=true`): equal to eager, one graph per job, no recompiles.
 
-The fast tests compile with dynamo's `eager` / `aot_eager` backends (the graph capture, the
-guards and the autograd graph are inductor's; only the kernels differ); the `slow` ones with
-inductor, as training does.
+Both scopes: `model` (the whole forward, one graph per layout) and `regional` (each transformer
+block; blocks of one layout share a graph across layers, module sizes and designs). The fast
+tests compile with dynamo's `eager` / `aot_eager` backends (the graph capture, the guards and
+the autograd graph are inductor's; only the kernels differ); the `slow` ones with inductor, as
+training does.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 from conftest import FAMILY_MODELS
 
 from pdspace.archs import build_model
-from pdspace.compile import CompiledModel
-from pdspace.design.space import named_design
+from pdspace.compile import CompiledModel, block_layout
+from pdspace.design.space import Design, named_design
 from pdspace.module import PEFTModule
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import apply_design
@@ -26,13 +28,13 @@ from pdspace.peft.patch import apply_design
 # 6 layers (so the paper's S4 design, which mixes all four strategies, fits) and no dropout (so eager and compiled
 # draw no random numbers and must agree)
 SIX_LAYERS_NO_DROPOUT = {
-    "bert": dict(num_hidden_layers=6, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-    "roberta": dict(num_hidden_layers=6, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-    "t5": dict(num_layers=3, num_decoder_layers=3, dropout_rate=0.0),
-    "mt5": dict(num_layers=3, num_decoder_layers=3, dropout_rate=0.0),
-    "bart": dict(encoder_layers=3, decoder_layers=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
-    "mbart": dict(encoder_layers=3, decoder_layers=3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
-    "llama": dict(num_hidden_layers=6, attention_dropout=0.0),
+    "bert": {"num_hidden_layers": 6, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "roberta": {"num_hidden_layers": 6, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "t5": {"num_layers": 3, "num_decoder_layers": 3, "dropout_rate": 0.0},
+    "mt5": {"num_layers": 3, "num_decoder_layers": 3, "dropout_rate": 0.0},
+    "bart": {"encoder_layers": 3, "decoder_layers": 3, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+    "mbart": {"encoder_layers": 3, "decoder_layers": 3, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+    "llama": {"num_hidden_layers": 6, "attention_dropout": 0.0},
 }
 
 
@@ -65,10 +67,11 @@ def batch(model: torch.nn.Module, size: int, length: int, seed: int) -> dict[str
 SHAPES = [(3, 7), (3, 11), (2, 9)]
 
 
-def _train_side_by_side(family: str, backend: str, atol: float) -> CompiledModel:
-    eager = patched(family)
+def _train_side_by_side(family: str, backend: str, atol: float, scope: str = "model",
+                        design: str = "s4-model") -> CompiledModel:
+    eager = patched(family, design)
     twin = copy.deepcopy(eager)
-    compiled = CompiledModel(twin, backend=backend)
+    compiled = CompiledModel(twin, backend=backend, scope=scope)
     opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (eager, twin)]
     for i, (size, length) in enumerate(SHAPES):
         b = batch(eager, size, length, i)
@@ -108,7 +111,7 @@ def test_compiled_steps_equal_eager_and_never_recompile(family, backend):
 def _job(base: torch.nn.Module, design: str, budget: float, per_layout: bool = True) -> dict:
     model = copy.deepcopy(base)
     apply_design(model, named_design(design, len(layer_map(model))), budget)
-    compiled = CompiledModel(model.train(), backend="eager", per_layout=per_layout, dynamic=per_layout)
+    compiled = CompiledModel(model.train(), backend="eager", per_layout=per_layout, dynamic=per_layout, scope="model")
     for i, (size, length) in enumerate(SHAPES):
         compiled(**batch(model, size, length, i)).loss.backward()
     model.eval()
@@ -149,6 +152,120 @@ def test_sweep_jobs_reuse_a_layout_and_never_hit_the_recompile_limit():
     assert sum(s["failed"] for s in plain) >= 1  # the limit was hit: those jobs silently ran eager
 
 
+# ------------------------------------------------------------------------------------------ regional scope
+
+def _regional_job(base: torch.nn.Module, design: Design, budget: float = 0.05, backend: str = "eager") -> tuple:
+    """Patch a copy of `base` with `design`, train SHAPES through the regional scope; (model, stats)."""
+    model = copy.deepcopy(base)
+    apply_design(model, design, budget)
+    compiled = CompiledModel(model.train(), backend=backend, scope="regional")
+    for i, (size, length) in enumerate(SHAPES):
+        compiled(**batch(model, size, length, i)).loss.backward()
+    return model, compiled.stats()
+
+
+@pytest.fixture
+def six_bert():
+    torch._dynamo.reset()  # regions compiled by earlier tests would count as reused
+    return build_model("tiny-bert", "classification", num_labels=3, **SIX_LAYERS_NO_DROPOUT["bert"])
+
+
+def test_regional_module_sizes_differing_per_layer_share_one_graph(six_bert):
+    """Adapter, prefix and LoRA in every layer, sizes ramping with the layer (increasing allocation): one block
+    layout, one graph for the block whose input needs no gradient (layer 0) and one for the other five, over steps of
+    changing batch shapes; never a recompile per size."""
+    model, stats = _regional_job(six_bert, Design((1, 2, 2, 1), "increasing", None, ("APL",) * 4), budget=0.2)
+    sizes = [row.sizes for row in model.pdspace_report.layers]
+    assert all(len({row[s] for row in sizes}) >= 3 for s in "APL"), sizes  # the sizes do differ per layer
+    assert stats["blocks"] == 6 and stats["block_layouts"] == 1 and stats["graphs"] == 2, stats
+    assert stats["compiles"] == 2 and stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+    assert stats["calls"] == {"train": 3}
+
+
+def test_regional_frozen_layers_run_the_frozen_blocks_code(six_bert):
+    """Layers without modules have the backbone's own block layout (and share its graph); a model with modules in
+    only some layers compiles one graph per layout in use."""
+    frozen = block_layout(layer_map(copy.deepcopy(six_bert).requires_grad_(False))[0].block)
+    design = Design((1, 2, 2, 1), "uniform", (False, True, False, True), ("", "L", "", "L"))
+    model, stats = _regional_job(six_bert, design)
+    layouts = [block_layout(spec.block) for spec in layer_map(model)]
+    assert layouts[0] == layouts[3] == layouts[4] == frozen and layouts[1] == layouts[2] == layouts[5] != frozen
+    # layer 0 (frozen, no gradient in), layers 3-4 (frozen, gradient in), LoRA layers (the first without gradient in)
+    assert stats["block_layouts"] == 2 and stats["graphs"] == 4 and stats["compiles"] == 4, stats
+    assert stats["recompiles"] == 0
+
+
+def test_regional_second_design_in_the_process_reuses_the_blocks_code(six_bert):
+    """A second design (other grouping, allocation and sizes, the same strategy sets) compiles nothing: every
+    region graph it runs was compiled for the first; a third design with one new strategy set compiles only the
+    graphs of that layout."""
+    _, first = _regional_job(six_bert, Design((1, 2, 2, 1), "uniform", None, ("L", "A", "A", "L")))
+    _, second = _regional_job(six_bert, Design((2, 1, 1, 2), "decreasing", None, ("L", "L", "A", "A")), budget=0.1)
+    assert first["compiles"] == first["graphs"] == 3 and first["reused"] == 0, first  # L (no grad in), L, A
+    assert second["compiles"] == 0 and second["reused"] == second["graphs"] == 3, second
+    # (not a prefix: a prefix anywhere switches every layer to pdspace's attention function, other graphs)
+    _, third = _regional_job(six_bert, Design((1, 2, 2, 1), "uniform", None, ("L", "A", "B", "B")))
+    assert third["compiles"] == 1 and third["reused"] == 2 and third["recompiles"] == 0, third
+
+
+def test_regional_recompile_is_recorded_with_its_reason_and_the_limit_is_not_silent(six_bert):
+    """A changed guard (a merged LoRA module) recompiles its region: counted with dynamo's reason; past the
+    recompile limit the region runs eager, and `failed` says so."""
+    model = copy.deepcopy(six_bert)
+    apply_design(model, named_design("lora", 6), 0.05)
+    compiled = CompiledModel(model.train(), backend="eager", scope="regional")
+    compiled(**batch(model, 3, 7, 0)).loss.backward()
+    lora = getattr(*layer_map(model)[2].attentions[0]["q"])
+    lora.merged = True  # forward now skips the update (the weights are not touched: only the guard matters here)
+    compiled(**batch(model, 3, 7, 1))
+    stats = compiled.stats()
+    assert stats["recompiles"] == 1 and "merged" in stats["reasons"][0], stats
+    with torch._dynamo.config.patch(recompile_limit=1):
+        lora.merged = False
+        getattr(*layer_map(model)[4].attentions[0]["v"]).merged = True
+        compiled(**batch(model, 3, 7, 2))
+    assert compiled.stats()["failed"] >= 1, compiled.stats()
+
+
+def test_regional_blocks_run_eager_outside_the_compiled_call_and_copies_are_plain(six_bert):
+    """Only calls through the CompiledModel run the compiled blocks: the model's own forward (validation,
+    generation) compiles nothing and equals eager; a deep copy or a pickle of the model carries no compiled hook."""
+    from torch._dynamo import utils as dynamo_utils
+
+    model = copy.deepcopy(six_bert)
+    apply_design(model, named_design("lora", 6), 0.05)
+    reference = copy.deepcopy(model).eval()
+    CompiledModel(model.train(), backend="eager", scope="regional")
+    before = len(dynamo_utils.get_compilation_metrics())
+    model.eval()
+    b = batch(model, 2, 5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b).logits, reference(**b).logits)
+    assert len(dynamo_utils.get_compilation_metrics()) == before
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(spec.block._compiled_call_impl is None for spec in layer_map(clone))
+
+
+def test_regional_equals_eager_on_bert():
+    """Regional scope, S4 design (adapter, prefix, LoRA, BitFit): loss, gradients and eval logits equal eager over
+    steps of changing shapes; each region graph compiled once."""
+    stats = _train_side_by_side("bert", "eager", atol=1e-5, scope="regional").stats()
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+    assert stats["compiles"] == stats["graphs"] and stats["calls"] == {"train": 3, "eval": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_regional_steps_equal_eager_on_every_family(family, backend):
+    """Every family's tiny model, S4 design, regional scope: loss, gradients and eval logits equal eager (the
+    backward through AOTAutograd); every region graph compiled once, never a recompile, nothing run eager."""
+    stats = _train_side_by_side(family, backend, atol=1e-5 if backend == "aot_eager" else 1e-4,
+                                scope="regional").stats()
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+    assert stats["compiles"] <= stats["graphs"] and stats["calls"] == {"train": 3, "eval": 2}
+
+
 def test_module_compiles_in_configure_model_and_keeps_its_state_dict():
     """compile=True: configure_model builds the compiled forward; checkpoints and pickles see the plain model."""
     from pdspace.data.tasks import get_task
@@ -170,7 +287,7 @@ def test_module_compiles_in_configure_model_and_keeps_its_state_dict():
         PEFTModule(model, get_task("synthetic_cls"), None, text_to_text=False, compile=True, compile_mode="fastest")
 
 
-def _fit(arch: str, compile: bool, tmp_path) -> PEFTModule:
+def _fit(arch: str, compile: bool, tmp_path, scope: str = "regional") -> PEFTModule:
     from pdspace.backbones import load_backbone
     from pdspace.data import PDSpaceDataModule
     from pdspace.data.tasks import get_task
@@ -184,7 +301,8 @@ def _fit(arch: str, compile: bool, tmp_path) -> PEFTModule:
     dm = PDSpaceDataModule(spec, bb.tokenizer, max_train_samples=24, max_eval_samples=8, batch_size=8,
                            eval_batch_size=4)
     module = PEFTModule(bb.model, spec, bb.tokenizer, text_to_text=True, max_target_length=6,
-                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2), compile=compile)
+                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2), compile=compile,
+                        compile_scope=scope)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir=tmp_path)
@@ -193,14 +311,16 @@ def _fit(arch: str, compile: bool, tmp_path) -> PEFTModule:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["tiny-t5", "tiny-bart"])
-def test_compiled_fit_with_generation_equals_eager(arch, tmp_path):
+@pytest.mark.parametrize("arch,scope", [("tiny-t5", "regional"), ("tiny-bart", "regional"), ("tiny-t5", "model")])
+def test_compiled_fit_with_generation_equals_eager(arch, scope, tmp_path):
     """Lightning fit with compile=True (inductor) on T5/BART: generation-based validation runs and every epoch's
-    metrics equal the eager run's; the training graph never recompiles."""
+    metrics equal the eager run's; the training graph(s) never recompile (model: one graph; regional: one per
+    region, each compiled once)."""
     eager = _fit(arch, False, tmp_path / "eager")
-    compiled = _fit(arch, True, tmp_path / "compiled")
+    compiled = _fit(arch, True, tmp_path / "compiled", scope)
     stats = compiled.compile_stats()
-    assert stats["by_context"] == {"train": 1} and stats["recompiles"] == 0 and stats["failed"] == 0, stats
+    graphs = 1 if scope == "model" else stats["graphs"]
+    assert stats["by_context"] == {"train": graphs} and stats["recompiles"] == 0 and stats["failed"] == 0, stats
     assert stats["calls"]["train"] == 6  # 2 epochs x 3 batches
     assert len(compiled.history) == len(eager.history) == 2
     for c, e in zip(compiled.history, eager.history):
@@ -213,18 +333,23 @@ def test_compiled_fit_with_generation_equals_eager(arch, tmp_path):
 
 
 @pytest.mark.slow
-def test_pdspace_train_compile_true_records_one_graph_and_matches_eager(launch):
-    """`pdspace-train train.compile=true`: a multirun of two seeds of one design trains with the compiled forward,
-    records its compilations in result.json (one training graph, no recompile; the second job, same layout in the
-    same process, compiles nothing) and reaches the eager run's metrics."""
+def test_pdspace_train_compile_true_records_one_graph_and_matches_eager(launch, tmp_path):
+    """`pdspace-train train.compile=true`: a multirun of two seeds of one design trains with the compiled blocks
+    (regional, the default), records its compilations in result.json (each region graph compiled once, no recompile;
+    the second job, same layout in the same process, compiles nothing and reuses every graph) and reaches the eager
+    run's metrics."""
     common = ["backbone=tiny-bert", "task=synthetic_cls", "trainer.max_epochs=2", "optimizer.lr=1e-2",
               "task.max_train_samples=96", "task.max_eval_samples=32", "data.batch_size=16", "strategy=lora",
               "+backbone.overrides.hidden_dropout_prob=0.0", "+backbone.overrides.attention_probs_dropout_prob=0.0"]
-    compiled = launch(*common, "train.compile=true", "seed=0,0", multirun=True)
+    compiled = launch(*common, "train.compile=true", f"train.compile_cache_dir={tmp_path}/compile", "seed=0,0",
+                      multirun=True)
     assert [r["status"] for r in compiled] == ["completed", "completed"]
     first, second = (r["compile"] for r in compiled)
-    assert first["by_context"] == {"train": 1} and first["recompiles"] == 0 and first["failed"] == 0, first
+    assert first["scope"] == "regional" and first["blocks"] == 4 and first["block_layouts"] == 1, first
+    assert first["cache_dir"] == str(tmp_path / "compile")  # train.compile_cache_dir reaches inductor
+    assert first["by_context"] == {"train": first["graphs"]} and first["recompiles"] == 0 and first["failed"] == 0
     assert second["compiles"] == 0 and second["layout"] == first["layout"], second
+    assert second["reused"] == second["graphs"] == first["graphs"], second
     (eager,) = launch(*common, "seed=0")
     assert "compile" not in eager
     for c, e in zip(compiled[0]["metrics"]["per_epoch"], eager["metrics"]["per_epoch"]):
