@@ -98,9 +98,29 @@ def test_sweep_bench_splits_job_time(capsys, tmp_path):
     assert "| 0 | loaded |" in out and "| 1 | cached |" in out and "non-training share" in out
 
 
+def _compile_rows(out: str) -> list[list[str]]:
+    return [line.split(" | ") for line in out.splitlines() if line[:4] in {f"| {i} " for i in range(10)}]
+
+
 def test_compile_bench_counts_compilations_per_job(capsys, one_thread):
+    """Regional (the default): the 2nd job of a design compiles nothing and reuses both region graphs (layer 0,
+    whose input needs no gradient, and the other layers); the model scope: one training and one eval graph."""
     main(["compile", "--backbone", "tiny-bert", "--designs", "lora", "lora", "--backend", "eager",
-          "--lengths", "8", "12"])
+          "--lengths", "8", "12", "--rounds", "1"])
     out = capsys.readouterr().out
-    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
-    assert [r[3:7] for r in rows] == [["1", "1", "0", "0"], ["0", "0", "0", "0"]]  # the 2nd job reuses the 1st's
+    # block layouts, graphs run, compiled, reused, recompiles, ran eager
+    assert [r[3:9] for r in _compile_rows(out)] == [["1", "2", "2", "0", "0", "0"], ["1", "2", "0", "2", "0", "0"]]
+    assert "regional (each transformer block)" in out and "sweep compile s:" in out and "compiled step / eager" in out
+    main(["compile", "--backbone", "tiny-bert", "--designs", "adapter", "adapter", "--backend", "eager",
+          "--lengths", "8", "12", "--rounds", "0", "--scope", "model"])
+    out = capsys.readouterr().out
+    assert [r[3:9] for r in _compile_rows(out)] == [["—", "—", "2", "—", "0", "0"], ["—", "—", "0", "—", "0", "0"]]
+
+
+def test_compile_bench_samples_s0_designs(capsys, one_thread):
+    """`--designs N`: N distinct S0 designs, one job each, and the sweep's compile seconds against its first job's."""
+    main(["compile", "--backbone", "tiny-bert", "--designs", "3", "--backend", "eager", "--lengths", "8",
+          "--rounds", "1", "--space-seed", "1"])
+    rows = _compile_rows(capsys.readouterr().out)
+    assert len(rows) == 3 and len({r[1] for r in rows}) == 3 and all(r[1].startswith("g") for r in rows)
+    assert all(r[7] == "0" and r[8] == "0" for r in rows)  # no recompiles, nothing ran eager
