@@ -14,6 +14,11 @@ layer 0 computes at least (its modules add to the forward, and its backward must
 A PEFT row below it is an error, and the table says which kind: fewer FLOPs than the floor is a
 set-up error (the method skips work the floor does); less time with no fewer FLOPs is a
 measurement error.
+
+Peak memory: on a GPU, per row, `torch.cuda.max_memory_allocated` over the row's set-up and warm-up (its frozen
+weights counted, as a standalone run would hold them). On CPU, `--peak-rss` adds the process's resident
+high-water mark (Linux VmHWM, reset before each row where the kernel allows): a process figure that includes
+the backbone and every row set up before it, not the method's own.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdspace.archs import build_model
-from pdspace.design.space import named_design
+from pdspace.archs import ARCHITECTURES, build_model
 from pdspace.compile import CompiledModel
+from pdspace.design.space import named_design
 from pdspace.peft.families import layer_map
 from pdspace.peft.patch import apply_design, count_params
 
@@ -105,6 +110,45 @@ def prepare(arch: str, method: str, base: nn.Module, budget_fraction: float) -> 
     return model
 
 
+def parse_arch(spec: str) -> tuple[str, dict[str, Any]]:
+    """'tiny-t5:num_layers=3,num_decoder_layers=3' -> ('tiny-t5', {'num_layers': 3, 'num_decoder_layers': 3})."""
+    name, _, rest = spec.partition(":")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r} in {spec!r}; use one of {', '.join(ARCHITECTURES)}")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{spec!r}: expected ARCH or ARCH:KEY=VALUE[,KEY=VALUE...] (a config override such "
+                             "as num_layers=3)")
+        for kind in (int, float):
+            try:
+                overrides[key] = kind(value)
+                break
+            except ValueError:
+                overrides[key] = value
+    return name, overrides
+
+
+def peak_rss_gib(reset: bool = False) -> float | None:
+    """The process's peak resident set size (Linux VmHWM) in GiB; `reset`: restart it from the current RSS first.
+
+    None where /proc is not there. Where the kernel refuses the reset, the peak counts from the process's start.
+    """
+    try:
+        if reset:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            except OSError:
+                pass
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return kib / 2**20
+
+
 def make_batch(model: nn.Module, batch: int, length: int, device: str) -> dict[str, torch.Tensor]:
     """A random batch of `batch` x `length` tokens (8 target tokens for encoder-decoders, else a class label)."""
     g = torch.Generator().manual_seed(0)
@@ -138,6 +182,7 @@ class Case:
     flops: int | None = None
     first_step_s: float | None = None
     peak_gib: float | None = None
+    peak_rss_gib: float | None = None  # CPU, --peak-rss: the process's resident high-water mark
     times: list[list[float]] = field(default_factory=list)  # per round, seconds per timed step
     cpu: list[float] = field(default_factory=list)  # process CPU seconds per timed step
 
@@ -165,6 +210,8 @@ def _setup(arch: str, base: nn.Module, method: str, mode: str, batch: dict[str, 
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    elif args.peak_rss:
+        peak_rss_gib(reset=True)
     model = prepare(arch, method, base, args.budget_fraction).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)  # a fresh optimizer (and state) per case
@@ -194,6 +241,8 @@ def _setup(arch: str, base: nn.Module, method: str, mode: str, batch: dict[str, 
         shared = {p.data_ptr() for p in base.parameters()}
         shared_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.data_ptr() in shared)
         case.peak_gib = (torch.cuda.max_memory_allocated() - before + shared_bytes) / 2**30
+    elif args.peak_rss:
+        case.peak_rss_gib = peak_rss_gib()
     return case
 
 
@@ -245,8 +294,9 @@ def _check(case: Case, floor: Case | None, row: dict[str, Any]) -> str:
 
 def bench_arch(arch: str, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     """Set up every (method, mode) of `arch`, time them round-robin, return one row each."""
-    head = "seq2seq" if "t5" in arch or "bart" in arch else "classification"
-    base = build_model(arch, head, device=device, **({} if head == "seq2seq" else {"num_labels": 2}))
+    name, overrides = parse_arch(arch)
+    head = "seq2seq" if "t5" in name or "bart" in name else "classification"
+    base = build_model(name, head, device=device, **overrides, **({} if head == "seq2seq" else {"num_labels": 2}))
     batch = make_batch(base, args.batch, args.length, device)  # the same batch for every method
     cases = [_setup(arch, base, m, mode, batch, args, device) for mode in args.modes for m in args.methods]
     threads = torch.get_num_threads()
@@ -265,7 +315,7 @@ def bench_arch(arch: str, args: argparse.Namespace, device: str) -> list[dict[st
             "arch": arch, "method": case.method, "mode": case.mode, "trainable": case.trainable,
             "gflop": case.flops / 1e9 if case.flops is not None else None, "ms": med * 1000, "q1_ms": q1 * 1000,
             "q3_ms": q3 * 1000, "steps": len(flat), "times_ms": [[t * 1000 for t in r] for r in case.times],
-            "peak_gib": case.peak_gib, "first_step_s": case.first_step_s,
+            "peak_gib": case.peak_gib, "peak_rss_gib": case.peak_rss_gib, "first_step_s": case.first_step_s,
             "cpu_use": (sum(case.cpu) / (sum(flat) * threads)) if case.cpu else None}
         for ref in REFERENCES:
             paired = _paired(case, by_key.get((ref, case.mode)))
@@ -305,9 +355,11 @@ def print_step(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Markdown table of `bench_step` rows, then what its flags mean."""
     modes = {r["mode"] for r in rows}
     gpu = any(r["peak_gib"] is not None for r in rows)
+    rss = not gpu and any(r.get("peak_rss_gib") is not None for r in rows)
     cols = ["arch", "method", "mode", "trainable", "GFLOP", "step ms", "IQR ms", "× full FT", "× floor"]
     cols += ["× eager"] if len(modes) > 1 else []
     cols += ["CPU use"] if not gpu else ["peak GiB", "mem × full"]
+    cols += ["peak RSS GiB"] if rss else []
     cols += ["compile s", "recompiles"] if "compiled" in modes else []
     cols += ["check"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
@@ -316,6 +368,7 @@ def print_step(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                  f"{r['ms']:.1f}", f"{r['q1_ms']:.0f}–{r['q3_ms']:.0f}", _fmt(r["x_full"]), _fmt(r["x_floor"])]
         cells += [_fmt(r["x_eager"])] if len(modes) > 1 else []
         cells += [_fmt(r["cpu_use"])] if not gpu else [_fmt(r["peak_gib"]), _fmt(r["mem_x_full"])]
+        cells += [_fmt(r.get("peak_rss_gib"), ".3f")] if rss else []
         if "compiled" in modes:
             cells += [_fmt(r.get("compile_s"), ".1f"), _fmt(r.get("recompiles"))]
         cells += [r["check"] or " "]
@@ -326,7 +379,12 @@ def print_step(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"{args.reps}, methods interleaved, after {args.warmup} untimed); IQR: their 25th–75th percentiles. × full FT, "
           "× floor, × eager: median over rounds of the ratio of round medians (same mode). GFLOP: forward + backward "
           "(matmul and attention FLOPs, torch's FlopCounterMode)." + ("" if gpu else " CPU use: process CPU time / "
-                                                                      "(wall time × threads) over the timed steps."))
+                                                                      "(wall time × threads) over the timed steps.") + (
+              " peak GiB: torch.cuda.max_memory_allocated over the row's set-up and warm-up, its frozen weights "
+              "counted; mem × full: over full fine-tuning's (same mode)." if gpu else "") + (
+              " peak RSS GiB: the process's resident high-water mark during the row's set-up and warm-up: it "
+              "includes the backbone and every row set up before it, so it is no per-method figure (that needs a "
+              "GPU)." if rss else ""))
     for r in rows:
         if r["check"].startswith("BELOW"):
             kind = ("it does less work than the floor: the floor or the method is set up wrong"
@@ -356,7 +414,9 @@ def print_step(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def add_parser(sub: Any) -> None:
     """`pdspace-bench step ...`."""
     s = sub.add_parser("step", help="training-step time per method, methods interleaved round-robin")
-    s.add_argument("--archs", nargs="+", default=["t5-base", "roberta-base", "bart-base"])
+    s.add_argument("--archs", nargs="+", default=["t5-base", "roberta-base", "bart-base"],
+                   help="architectures (pdspace.archs), each optionally with config overrides, "
+                   "e.g. tiny-t5:num_layers=3,num_decoder_layers=3")
     s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     s.add_argument("--modes", nargs="+", default=None, choices=MODES,
                    help="eager and/or compiled (torch.compile of the model, as train.compile=true); default eager")
@@ -371,6 +431,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     s.add_argument("--budget-fraction", type=float, default=0.005)
     s.add_argument("--cpu", action="store_true", help="stay on CPU even with a GPU")
+    s.add_argument("--peak-rss", action="store_true",
+                   help="CPU: add the process's peak RSS per row (on a GPU peak memory is always reported)")
     s.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s.set_defaults(run=run)
 
@@ -398,6 +460,11 @@ def _run(args: argparse.Namespace, gpu: bool) -> None:
     args.modes = args.modes or (["compiled"] if args.compile else ["eager"])
     if args.rounds < 1 or args.reps < 1 or args.warmup < 1:
         raise SystemExit("pdspace-bench step: error: --rounds, --reps and --warmup must be >= 1")
+    for arch in args.archs:
+        try:
+            parse_arch(arch)
+        except ValueError as e:
+            raise SystemExit(f"pdspace-bench step: error: --archs {e}") from None
     print(f"threads {torch.get_num_threads()}; batch {args.batch} x {args.length}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     rows = bench_step(args)
