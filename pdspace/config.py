@@ -112,6 +112,7 @@ class DataConf:
     batch_size: int = 32
     effective_batch_size: Optional[int] = None
     eval_batch_size: int = 64
+    eval_sorted: bool = True
     num_workers: int = 0
     num_proc: Optional[int] = None
     cache_dir: Optional[str] = None
@@ -427,8 +428,9 @@ def _missing(cfg: Any, key: str) -> bool:
 NON_RESULT_KEYS = ("labels", "logger", "callbacks", "space", "method", "dry_run", "max_failure_rate", "ckpt_path",
                    "train.compile", "train.compile_mode", "train.compile_scope", "train.compile_cache_dir",
                    "checkpoint_every_n_steps", "save_checkpoint", "data.cache_dir", "data.num_workers",
-                   "data.num_proc", "data.eval_batch_size", "task.glue_dir", "trainer.log_every_n_steps",
-                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing")
+                   "data.num_proc", "data.eval_batch_size", "data.eval_sorted", "task.glue_dir",
+                   "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                   "trainer.enable_checkpointing")
 
 
 def settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class PEFTModule(L.LightningModule):
         # in validation order, for tests paired by example (see `predictions`)
         self.pred_history: list[dict[str, Any]] = []
         self.pred_gold: torch.Tensor | None = None
-        self._val_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_preds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.compile, self.compile_mode = bool(compile), compile_mode
         self.compile_scope, self.compile_cache_dir = compile_scope, compile_cache_dir
         if self.compile:
@@ -109,7 +109,7 @@ class PEFTModule(L.LightningModule):
         return module
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in batch.items() if k != "gold"}
+        return {k: v for k, v in batch.items() if k not in ("gold", "index")}
 
     def configure_model(self) -> None:
         """Compile the training forward once (`compile=True`); Lightning calls this at the start of fit."""
@@ -136,16 +136,15 @@ class PEFTModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.model(**self._inputs(batch))
-        self._val_loss.append(out.loss.detach().float())
+        index = batch.get("index")
         if not self.text_to_text:
+            out = self.model(**self._inputs(batch))
+            self._val_loss.append(out.loss.detach().float())
             preds = out.logits.argmax(-1) if self.spec.kind == "classification" else out.logits.squeeze(-1)
             self.metrics.update(preds, batch["labels"])
-            self._keep_predictions(preds, batch["labels"])
+            self._keep_predictions(preds, batch["labels"], index)
             return
-        generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        do_sample=False, **self.generation)
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        texts = self._loss_and_generate(batch)
         if self.spec.kind == "seq2seq":
             self.metrics.update([t.strip() for t in texts], list(batch["gold"]))
             return
@@ -153,17 +152,39 @@ class PEFTModule(L.LightningModule):
         parsed = [parse_prediction(self.spec, t) for t in texts]
         preds = torch.tensor([p for p, _ in parsed], device=gold.device, dtype=gold.dtype)
         self.metrics.update(preds, gold)
-        self._keep_predictions(preds, gold)
+        self._keep_predictions(preds, gold, index)
         if self.invalid_rate is not None:
             self.invalid_rate.update(torch.tensor([float(not ok) for _, ok in parsed], device=gold.device))
 
-    def _keep_predictions(self, preds: torch.Tensor, gold: torch.Tensor) -> None:
+    def _loss_and_generate(self, batch: dict[str, Any]) -> list[str]:
+        """A text-to-text batch's validation loss (kept) and its generated answers; an encoder-decoder runs its
+        encoder once for both, not once for the loss and again inside `generate`."""
+        inputs = self._inputs(batch)
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            encoded = self.model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                               return_dict=True)
+            out = self.model(encoder_outputs=encoded, attention_mask=inputs["attention_mask"], labels=inputs["labels"])
+            generated = self.model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                            do_sample=False, **self.generation)
+        else:
+            out = self.model(**inputs)
+            generated = self.model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                            do_sample=False, **self.generation)
+        self._val_loss.append(out.loss.detach().float())
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+    def _keep_predictions(self, preds: torch.Tensor, gold: torch.Tensor, index: torch.Tensor | None) -> None:
         if not self.trainer.sanity_checking and self.trainer.world_size == 1:  # DDP ranks see a share of the set
-            self._val_preds.append((preds.detach().cpu(), gold.detach().cpu()))
+            self._val_preds.append((preds.detach().cpu(), gold.detach().cpu(),
+                                    None if index is None else index.detach().cpu()))
 
     def _end_predictions(self) -> None:
         if self._val_preds:
-            preds, gold = (torch.cat(t) for t in zip(*self._val_preds))
+            preds, gold = (torch.cat(t) for t in list(zip(*self._val_preds))[:2])
+            if all(index is not None for _, _, index in self._val_preds):
+                # back in split order: an evaluation visits the rows sorted by length
+                order = torch.argsort(torch.cat([index for _, _, index in self._val_preds]), stable=True)
+                preds, gold = preds[order], gold[order]
             self.pred_history.append({"epoch": self.current_epoch, "step": self.global_step, "pred": preds})
             self.pred_gold = gold
         self._val_preds.clear()

@@ -268,7 +268,7 @@ def test_head_mode_batches(tok):
     dm.setup()
     assert dm.num_rows == {"train": 16, "validation": 8}
     b = _batch(dm)
-    assert set(b) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert set(b) == {"input_ids", "attention_mask", "token_type_ids", "labels", "index"}
     assert b["labels"].dtype == torch.float32 and b["labels"].shape == (4,)
     assert b["input_ids"].shape == b["attention_mask"].shape == b["token_type_ids"].shape
     assert b["token_type_ids"].max() == 1  # a sentence pair
@@ -291,7 +291,7 @@ def test_text_to_text_batches(tok):
     dm = PDSpaceDataModule("sst2", tok, text_to_text=True, glue_dir=GLUE_DIR, max_train_samples=8, batch_size=4)
     dm.setup()
     b = _batch(dm)
-    assert set(b) == {"input_ids", "attention_mask", "labels", "gold"}
+    assert set(b) == {"input_ids", "attention_mask", "labels", "gold", "index"}
     assert b["gold"].dtype == torch.long and b["labels"].dtype == torch.long and b["labels"].dim() == 2
     assert tok.decode(b["input_ids"][0], skip_special_tokens=True).startswith("sst2 sentence :")
     words = [tok.decode([t for t in row if t != -100], skip_special_tokens=True) for row in b["labels"].tolist()]
@@ -301,11 +301,12 @@ def test_text_to_text_batches(tok):
 
 
 def test_seq2seq_batches(tok):
-    dm = PDSpaceDataModule("synthetic_seq2seq", tok, batch_size=16)
+    # file order: a batch of mixed lengths, so that padding shows
+    dm = PDSpaceDataModule("synthetic_seq2seq", tok, batch_size=16, eval_sorted=False)
     dm.setup()
     assert dm.text_to_text
     b = _batch(dm)
-    assert set(b) == {"input_ids", "attention_mask", "labels", "gold"}
+    assert set(b) == {"input_ids", "attention_mask", "labels", "gold", "index"}
     assert isinstance(b["gold"], list) and len(b["gold"]) == 16 and all(isinstance(g, str) for g in b["gold"])
     assert b["labels"].shape[0] == 16 and (b["labels"] == -100).any() and (b["labels"] != tok.pad_token_id).all()
     first = [t for t in b["labels"][0].tolist() if t != -100]

@@ -13,6 +13,9 @@ Batches by mode:
 - text-to-text (GLUE on T5/BART) and seq2seq tasks: ``input_ids``, ``attention_mask``, ``labels``
   (B, T) target token ids padded with -100, and ``gold``: the gold labels (a (B,) tensor of class
   ids or float scores) or, for seq2seq tasks, the list of target texts.
+
+Validation batches come longest input first (`eval_sorted`; else in file order) and carry ``index`` (B,): each
+example's row in its split, so that what is kept per example (predictions.npz) is put back in the split's order.
 """
 
 from __future__ import annotations
@@ -100,6 +103,33 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return self.size
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """The rows of a split, each with its position in the split (`index`), for a loader that visits them sorted."""
+
+    def __init__(self, data: datasets.Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        return [{**row, "index": i} for i, row in zip(indices, self.data.__getitems__(indices))]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
+
+
+def longest_first(data: datasets.Dataset) -> list[int]:
+    """The row indices of a tokenised split, longest input first (ties in split order): batches of similar lengths,
+    so that little of an evaluation batch is padding, and the longest batch comes first (a memory error, if any,
+    comes at once)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(data.data.table.column("input_ids")).to_numpy(zero_copy_only=False)
+    return np.argsort(-lengths.astype(np.int64), kind="stable").tolist()
+
+
 class _ResumableLoader(DataLoader):
     """Marks the training loader as resumable for Lightning; the position itself comes from the loop counters
     (`PDSpaceDataModule.resume_at`), which, unlike the loader, know nothing of prefetched batches."""
@@ -132,6 +162,8 @@ class _Collate:
                                  "attention_mask": _pad([torch.ones(len(s), dtype=torch.long) for s in ids], 0)}
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)
+        if "index" in examples[0]:  # each example's row in its split (an evaluation visits them sorted)
+            batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
         score = torch.float if self.regression else torch.long
         if not self.text_to_text:
             batch["labels"] = torch.stack([e["labels"] for e in examples]).to(score)
@@ -154,7 +186,8 @@ class PDSpaceDataModule(L.LightningDataModule):
                  max_eval_samples=task.get("max_eval_samples"), batch_size=data.batch_size,
                  eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, subset_seed=data.subset_seed,
                  glue_dir=task.get("glue_dir"), files=files, cache_dir=data.cache_dir,
-                 synthetic_size=task.get("synthetic_size"), seed=seed, num_proc=data.get("num_proc"))
+                 synthetic_size=task.get("synthetic_size"), seed=seed, num_proc=data.get("num_proc"),
+                 eval_sorted=data.get("eval_sorted", True))
         dm.setup("fit")
         return dm
 
@@ -164,7 +197,7 @@ class PDSpaceDataModule(L.LightningDataModule):
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  subset_seed: int = 0, glue_dir: str | None = None, files: dict | None = None,
                  cache_dir: str | None = None, synthetic_size: int | None = None, seed: int = 0,
-                 num_proc: int | None = None) -> None:
+                 num_proc: int | None = None, eval_sorted: bool = True) -> None:
         super().__init__()
         self.spec = get_task(task)
         if tokenizer.pad_token_id is None:
@@ -193,6 +226,7 @@ class PDSpaceDataModule(L.LightningDataModule):
         self.cache_info: dict[str, str] = {}
         self.num_rows: dict[str, int] = {}
         self.num_proc = num_proc
+        self.eval_sorted = bool(eval_sorted)
         self._data: dict[str, datasets.Dataset] = {}
 
     @staticmethod
@@ -317,7 +351,7 @@ class PDSpaceDataModule(L.LightningDataModule):
         common = dict(batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
         if not shuffle:
-            return DataLoader(data, shuffle=False, **common)
+            return DataLoader(_Indexed(data), sampler=longest_first(data) if self.eval_sorted else None, **common)
         sampler = EpochSampler(len(data), self.seed)
         if self._resume is not None:
             epoch, done = self._resume
@@ -332,7 +366,8 @@ class PDSpaceDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
+        """Validation batches, longest inputs first (`eval_sorted`) or in file order; `batch["index"]`: each
+        example's row in the split."""
         return self._loader("validation", self.eval_batch_size, shuffle=False)
 
 
