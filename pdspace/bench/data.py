@@ -112,6 +112,10 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     task = files_task("bench", spec["kind"], tuple(spec["fields"]), spec["label"],
                       3 if spec["kind"] == "classification" else None)
     tok = load_tokenizer(spec["backbone"])
+    start = _pss_mb()
+    import datasets  # noqa: F401 - the libraries a job loads anyway, so that what follows is the data's memory
+    import pyarrow  # noqa: F401
+
     before = _pss_mb()
     start = time.perf_counter()
     dm = PDSpaceDataModule(task, tok, text_to_text=spec["kind"] == "seq2seq", files=spec["files"],
@@ -129,6 +133,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     if barrier:
         time.sleep(1.0)
     return {"seconds": seconds, "rows": dm.num_rows["train"], "tokens": tokens, "pss_added_mb": added,
+            "imports_mb": before - start,
             "cache": dm.cache_info["train"]}
 
 
@@ -162,10 +167,12 @@ def measure(name: str, spec: dict[str, Any], procs: int, code: str | None = None
     together = sum(r["pss_added_mb"] for r in many)
     ratio = f"{together / hit['pss_added_mb']:.2f}" if hit["pss_added_mb"] > 1 else "–"
     who = f"{name} | {'before: ' + code if code else 'this checkout'} | {first['rows']:,} | {first['tokens']:,}"
-    return [f"| {who} | first build ({first['cache']}) | {first['seconds']:.1f} | {first['pss_added_mb']:.0f} | |",
-            f"| {who} | cache hit ({hit['cache']}) | {hit['seconds']:.2f} | {hit['pss_added_mb']:.0f} | |",
+    return [(f"| {who} | first build ({first['cache']}) | {first['seconds']:.1f} | {first['pss_added_mb']:.0f} | | "
+             f"{first['imports_mb']:.0f} |"),
+            (f"| {who} | cache hit ({hit['cache']}) | {hit['seconds']:.2f} | {hit['pss_added_mb']:.0f} | | "
+             f"{hit['imports_mb']:.0f} |"),
             (f"| {who} | {procs} processes hit it at once | {max(r['seconds'] for r in many):.2f} (slowest) | "
-             f"{together:.0f} (sum) | {ratio} |")]
+             f"{together:.0f} (sum) | {ratio} | {sum(r['imports_mb'] for r in many):.0f} (sum) |")]
 
 
 SHAPES = {"mnli": (write_mnli, ("premise", "hypothesis"), "label", "classification", 128, None),
@@ -176,8 +183,8 @@ def run(args: argparse.Namespace) -> None:
     """Write the files, measure each dataset (with `--compare`, for an older checkout too), print the table."""
     work = Path(args.dir or tempfile.mkdtemp(prefix="pdspace-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
-    print("| data | code | rows | token ids | what | seconds | PSS added MB | sum / one |\n"
-          "|---|---|---:|---:|---|---:|---:|---:|", flush=True)
+    print("| data | code | rows | token ids | what | seconds | PSS added MB | sum / one | imports MB |\n"
+          "|---|---|---:|---:|---|---:|---:|---:|---:|", flush=True)
     for name in args.data:
         write, fields, label, kind, max_length, max_target = SHAPES[name]
         rows = args.mnli_rows if name == "mnli" else args.xsum_rows
@@ -192,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
                 print(line, flush=True)
     print(f"\nFiles and caches under {work}. Every job is a fresh Python process, as a sweep's jobs are; the file is "
           "both the train and the validation file. PSS added: after setup and one read of every token id, minus "
-          "before setup; sum / one: the processes together over one process alone.")
+          "before setup (with datasets and pyarrow imported: their own PSS is the imports column); sum / one: the "
+          "processes together over one process alone.")
 
 
 def add_parser(sub: Any) -> None:
