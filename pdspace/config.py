@@ -497,6 +497,28 @@ def check_overrides(argv: list[str]) -> None:
             raise ConfigError(f"malformed override {override!r} ({str(e).splitlines()[0]}); {OVERRIDE_HINT}") from None
 
 
+# a launcher config's name prefix -> the modules it runs on (those of the `scale` extra)
+LAUNCHER_MODULES = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                    "submitit": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+                    "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """A `hydra/launcher=NAME` whose plugin or library is not installed, named before anything is launched (it
+    would otherwise fail with a traceback after the sweep had started writing)."""
+    import importlib.util
+
+    for arg in argv:
+        if not arg.lstrip("+~").startswith("hydra/launcher="):
+            continue
+        name = arg.split("=", 1)[1]
+        for prefix, modules in LAUNCHER_MODULES.items():
+            missing = [m for m in modules if name.startswith(prefix) and importlib.util.find_spec(m) is None]
+            if missing:
+                raise ConfigError(f"hydra/launcher={name} needs {missing[0].split('.')[-1]}, which is not installed; "
+                                  "pip install -e \".[scale]\" (see the README's Run at scale)")
+
+
 def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
     """A config/user error, or a full / read-only disk, as one line with its fix; None for anything else (a bug
     keeps its traceback). `dir_key` is the setting that moves the output elsewhere."""
@@ -570,6 +592,7 @@ def one_line_errors(prog: str) -> Iterator[None]:
     original = hydra_utils.run_and_report
     try:
         check_overrides(sys.argv[1:])
+        check_launcher(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"{prog}: error: {e}")
 

@@ -85,3 +85,21 @@ def test_killed_job_resumes_from_its_last_checkpoint(tmp_path):
     assert r["global_step"] == 3 * 32
     assert [e["epoch"] for e in r["metrics"]["per_epoch"]] == [0, 1, 2]
     assert list(tmp_path.rglob("result.json")) == [run / "result.json"]
+
+
+def test_a_launcher_that_is_not_installed_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from pdspace import train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    monkeypatch.setattr(sys, "argv", ["pdspace-train", "-m", "hydra/launcher=ray", f"hydra.sweep.dir={tmp_path}",
+                                      "backbone=tiny-bert", "task=synthetic_cls"])
+    from pdspace.config import one_line_errors
+
+    with pytest.raises(SystemExit) as e, one_line_errors("pdspace-train"):
+        train.main()
+    assert str(e.value) == ('pdspace-train: error: hydra/launcher=ray needs ray, which is not installed; '
+                            'pip install -e ".[scale]" (see the README\'s Run at scale)')
+    assert not any(tmp_path.iterdir())  # nothing launched, nothing written
