@@ -112,7 +112,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     task = files_task("bench", spec["kind"], tuple(spec["fields"]), spec["label"],
                       3 if spec["kind"] == "classification" else None)
     tok = load_tokenizer(spec["backbone"])
-    start = _pss_mb()
+    bare = _pss_mb()
     import datasets  # noqa: F401 - the libraries a job loads anyway, so that what follows is the data's memory
     import pyarrow  # noqa: F401
 
@@ -133,7 +133,7 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
     if barrier:
         time.sleep(1.0)
     return {"seconds": seconds, "rows": dm.num_rows["train"], "tokens": tokens, "pss_added_mb": added,
-            "imports_mb": before - start,
+            "imports_mb": before - bare,
             "cache": dm.cache_info["train"]}
 
 
