@@ -104,13 +104,14 @@ def _sized_dims(name: str) -> set[int]:
 
 def block_layout(block: nn.Module) -> str:
     """A digest of what a block's compiled code depends on: its modules' classes, its parameters' names, shapes,
-    dtypes and trainability, with the module sizes (`SIZED_PARAMETERS`) left out, as the graph has them dynamic."""
+    dtypes and trainability, with the module sizes (`SIZED_PARAMETERS`) left out, as the graph has them dynamic;
+    only a size of 1 counts (dynamo specialises sizes 0 and 1: such a block gets a graph of its own)."""
     h = hashlib.sha1()
     for name, m in block.named_modules():
         h.update(f"{name}={type(m).__module__}.{type(m).__qualname__};".encode())
     for name, p in block.named_parameters():
         sized = _sized_dims(name)
-        shape = tuple("*" if d in sized else n for d, n in enumerate(p.shape))
+        shape = tuple("*" if d in sized and n > 1 else n for d, n in enumerate(p.shape))
         h.update(f"{name}:{shape}:{p.dtype}:{p.requires_grad};".encode())
     return h.hexdigest()[:12]
 
@@ -276,8 +277,11 @@ class CompiledModel:
         grads = "".join("1" if t.requires_grad else "0" for t in (*args, *kwargs.values())
                         if isinstance(t, torch.Tensor))
         attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "")
+        # a batch of 1 (an epoch's last) or a length of 1 is specialised by dynamo: a graph of its own, not a recompile
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        ones = "".join("1" if n == 1 else "n" for n in (first.shape[:2] if first is not None else ()))
         key = (f"{layout}|{self.backend}|{self.mode}|{attn}|{'train' if block.training else 'eval'}|"
-               f"{int(torch.is_grad_enabled())}{grads}")
+               f"{int(torch.is_grad_enabled())}{grads}|{ones}")
         self.used.add(key)
         with _region_config():
             return _region_fn(key)(block, args, kwargs)

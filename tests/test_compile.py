@@ -176,10 +176,27 @@ def test_regional_module_sizes_differing_per_layer_share_one_graph(six_bert):
     changing batch shapes; never a recompile per size."""
     model, stats = _regional_job(six_bert, Design((1, 2, 2, 1), "increasing", None, ("APL",) * 4), budget=0.2)
     sizes = [row.sizes for row in model.pdspace_report.layers]
-    assert all(len({row[s] for row in sizes}) >= 3 for s in "APL"), sizes  # the sizes do differ per layer
+    assert all(len({row[s] for row in sizes}) >= 3 and min(row[s] for row in sizes) > 1 for s in "APL"), sizes
     assert stats["blocks"] == 6 and stats["block_layouts"] == 1 and stats["graphs"] == 2, stats
     assert stats["compiles"] == 2 and stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
     assert stats["calls"] == {"train": 3}
+
+
+def test_regional_size_one_and_batch_of_one_get_their_own_graph_not_a_recompile(six_bert):
+    """Dynamo specialises sizes 1: a rank-1 LoRA (or width-1 adapter) layer and a batch of one example run graphs of
+    their own (one each, whatever the other sizes), never a recompile of the shared one."""
+    design = Design((1, 2, 2, 1), "uniform", None, ("AL",) * 4)
+    sizes = [{"adapter_dim": n, "lora_rank": n} for n in (3, 1, 2, 5, 1, 4)]
+    model = copy.deepcopy(six_bert)
+    apply_design(model, design, sizes=sizes)
+    compiled = CompiledModel(model.train(), backend="eager", scope="regional")
+    for i, (size, length) in enumerate([*SHAPES, (1, 6)]):
+        compiled(**batch(model, size, length, i)).loss.backward()
+    stats = compiled.stats()
+    # layouts: sizes > 1 and sizes 1; graphs: layer 0 (no gradient in), sizes > 1, sizes 1, then the batch of 1 for
+    # all three
+    assert stats["block_layouts"] == 2 and stats["graphs"] == 6 and stats["compiles"] == 6, stats
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
 
 
 def test_regional_frozen_layers_run_the_frozen_blocks_code(six_bert):
