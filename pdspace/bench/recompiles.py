@@ -87,7 +87,7 @@ def side_by_side(compiled: CompiledModel, model: nn.Module, opt: torch.optim.Opt
     for _ in range(args.rounds):
         order = ["compiled", "eager"]
         rng.shuffle(order)
-        for mode in order:  # eager: the model's own forward (a regional model's blocks run compiled only via `compiled`)
+        for mode in order:  # eager: the model's own forward (regional blocks run compiled only through `compiled`)
             times[mode].append(_step(compiled if mode == "compiled" else model, model, opt, batch))
     ratios = [c / e for c, e in zip(times["compiled"], times["eager"])]
     return (statistics.median(times["compiled"]) * 1000, statistics.median(times["eager"]) * 1000,
@@ -135,7 +135,8 @@ def print_jobs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
               f"{r['first_s']:.1f} | {_ms(r['compiled_ms'])} | {_ms(r['eager_ms'])} | {_ms(r['ratio'], '.2f')} |")
     what = {"regional": "pdspace CompiledModel, regional (each transformer block)",
             "model": "pdspace CompiledModel, whole model (one entry per layout)"}[rows[0]["scope"]] if rows else ""
-    print(f"\n{'plain torch.compile(model), automatic dynamic shapes' if args.plain else what}; backend {args.backend}; "
+    plain = "plain torch.compile(model), automatic dynamic shapes"
+    print(f"\n{plain if args.plain else what}; backend {args.backend}; "
           f"train batches {args.batch} x {args.lengths} then a batch of {max(2, args.batch // 2)}; "
           f"{args.rounds} rounds of one compiled and one eager step ({args.batch} x {args.lengths[-1]}); "
           f"2 validation batches per job")
