@@ -107,3 +107,17 @@ def test_the_job_shell_and_the_design_layer_import_upward_nothing():
         roots |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not roots & {"torch", "peft", "transformers"}, name
         assert not {m for m in imported(name) if not m.startswith(("pdspace.design", "pdspace.errors"))}, name
+
+
+def test_the_tasks_and_metrics_import_without_the_data_module():
+    """`import pdspace.report` (pdspace-report) and `pdspace.data.tasks` pay neither for Lightning nor for `datasets`,
+    which `pdspace.data` re-exports through its data module; the re-exports still work, on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pdspace.report, pdspace.data.tasks; "
+            "print(sorted(m for m in ('pdspace.data.datamodule', 'lightning', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "from pdspace.data import PDSpaceDataModule, get_task; import pdspace.data as d; assert 'load_rows' in dir(d)"
+    subprocess.run([sys.executable, "-c", code], check=True)
