@@ -513,9 +513,11 @@ def check_launcher(argv: list[str]) -> None:
             continue
         name = arg.split("=", 1)[1]
         for prefix, modules in LAUNCHER_MODULES.items():
-            missing = [m for m in modules if name.startswith(prefix) and importlib.util.find_spec(m) is None]
+            missing = [m.split(".")[-1] for m in modules
+                       if name.startswith(prefix) and importlib.util.find_spec(m) is None]
             if missing:
-                raise ConfigError(f"hydra/launcher={name} needs {missing[0].split('.')[-1]}, which is not installed; "
+                what, verb = " and ".join(missing), "is" if len(missing) == 1 else "are"
+                raise ConfigError(f"hydra/launcher={name} needs {what}, which {verb} not installed; "
                                   "pip install -e \".[scale]\" (see the README's Run at scale)")
 
 

@@ -164,7 +164,7 @@ def _spy_generate(monkeypatch, model, answers=None) -> list[dict]:
         calls.append(kwargs)
         if answers is None:
             return real(**kwargs)
-        rows = kwargs["input_ids"].shape[0]
+        rows = kwargs["attention_mask"].shape[0]  # an encoder-decoder passes its encoder outputs, not input_ids
         texts = [answers[(len(calls) - 1) * rows + i] for i in range(rows)]
         return answers.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"]
 
