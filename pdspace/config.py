@@ -368,7 +368,8 @@ def check_config(cfg: Any) -> None:
     _number(cfg, "max_failure_rate", float, 0, example="max_failure_rate=0.25")
     _number(cfg, "checkpoint_every_n_steps", int, 1, example="checkpoint_every_n_steps=100")
     _number(cfg, "data.num_workers", int, 0, example="data.num_workers=0")
-    _number(cfg, "data.num_proc", int, 1, example="data.num_proc=4, or null for one process")
+    _number(cfg, "data.num_proc", int, 1,
+            example="data.num_proc=4, or null for the default (one process for a fast tokenizer)")
     _number(cfg, "task.synthetic_size", int, 1, example="task.synthetic_size=512, or null for the default (512 rows)")
     if _get_value(cfg, "task.name") == "files":
         missing = [k for k in ("train", "validation") if _missing(cfg, f"task.{k}")]

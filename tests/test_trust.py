@@ -77,6 +77,8 @@ def test_mask_forms_through_a_real_shell(tmp_path):
     (["peft.sizes.rank=8"], "Key 'rank' not in 'SizesConf'"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0 is not an integer >= 1"),
     (["data.batch_size=big"], "could not be converted to Integer"),
+    (["data.num_proc=0"], "data.num_proc=0 is not an integer >= 1; give e.g. data.num_proc=4, or null for the default"),
+    (["data.eval_sorted=maybe"], "data.eval_sorted=maybe: Value 'maybe' is not a valid bool"),
     (["grouping.colour=red"], "Key 'colour' not in 'DimensionConf'"),
     (["space=S0", "space.samples=3"], "Key 'samples' not in 'SpaceConf'"),
     (["task.max_train_samples=0"], "task.max_train_samples=0 is not an integer >= 1"),
