@@ -1,10 +1,12 @@
 """`train.compile=true`: the training forward through `torch.compile`, counted.
 
-Two scopes. `regional` (the default) compiles each transformer block, as PyTorch's regional
-compilation recipe does: blocks with the same module layout share one graph, within a design
-and across a sweep's designs, module sizes (LoRA rank, adapter width, prefix length) are
-dynamic dimensions, and a block without modules runs the frozen block's code (see
-`_REGION_CACHE`). `model` compiles the whole forward, one entry function per model layout
+Two scopes. `regional` (the default) compiles each transformer block, or where the family's layer
+map names them its parts (`LayerSpec.regions`: BERT's attention, intermediate and output; T5's
+layers), as PyTorch's regional compilation recipe does: regions with the same module layout share
+one graph, within a design and across a sweep's designs, module sizes (LoRA rank, adapter width,
+prefix length) are dynamic dimensions, BitFit and a region's place before or after the first
+trained layer make no graph of their own (`_Region`), and a frozen region runs the same code as
+the untouched region of a trained layer (see `_REGION_CACHE`). `model` compiles the whole forward, one entry function per model layout
 (see `_ENTRY_CACHE`). Either way dynamo keeps compiled code per *code object*, so each
 layout gets its own, and neither a sweep's designs nor one recompile limit are shared.
 """
@@ -19,7 +21,7 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -142,18 +144,92 @@ def _region_config() -> Iterator[None]:
         yield
 
 
+class _Region:
+    """One compiled region (`LayerSpec.regions`: a block, or the parts of one) and what its key is made of.
+
+    A region whose gradient is needed runs one graph whatever BitFit does: every bias BitFit could train in it
+    (`bitfit_biases`, the ones a bias-free family lacks included) enters as a leaf that needs a gradient (a frozen
+    bias as an alias of itself, a missing one as zeros; those gradients are thrown away), and so does its hidden-state
+    input (a view of it when it needs none, as in the first trained layer). Values and the trained parameters'
+    gradients are eager's; the price is a bias-sized reduction per bias and, in the first trained layer, the input's
+    gradient. A region that needs no gradient (a frozen layer before the first trained one) runs its inference graph.
+    """
+
+    def __init__(self, module: nn.Module, spec: Any) -> None:
+        from pdspace.peft.strategies.bitfit import bitfit_biases
+
+        # weak references: the module holds this (through its call hook), so a strong one would keep a dropped
+        # model alive until the garbage collector finds the cycle
+        self._module = weakref.ref(module)
+        inside = {id(m) for m in module.modules()}
+        self.slots = [(weakref.ref(m), n) for m, n in bitfit_biases(spec, add_missing=True) if id(m) in inside]
+        self.trainable = any(p.requires_grad for p in module.parameters())
+        # the attention implementation matters only where an attention is
+        self.has_attention = any(id(m) in inside for m in (spec.self_attn,))
+        self.layouts = {False: block_layout(module)}
+        with self.bias_leaves():
+            self.layouts[True] = block_layout(module)
+
+    @property
+    def module(self) -> nn.Module:
+        module = self._module()
+        assert module is not None, "a region outlived its module"
+        return module
+
+    @contextmanager
+    def bias_leaves(self) -> Iterator[None]:
+        """Every BitFit slot of the region holds a parameter that needs a gradient, for the duration."""
+        swapped = []
+        for ref, name in self.slots:
+            module = ref()
+            p = module._parameters.get(name)
+            if p is not None and p.requires_grad:
+                continue
+            if p is None:
+                w = module.weight
+                leaf = nn.Parameter(torch.zeros(module.out_features, dtype=w.dtype, device=w.device))
+            else:
+                leaf = nn.Parameter(p.detach())
+            module._parameters[name] = leaf
+            swapped.append((module, name, p))
+        try:
+            yield
+        finally:
+            for module, name, p in reversed(swapped):
+                module._parameters[name] = p
+
+
+def _with_input_grad(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The hidden states (the first tensor, or `hidden_states`) and every floating input of their rank, batch and
+    length (a residual) as tensors that need a gradient (views of those that need none); masks and position biases
+    (another rank) as they are."""
+    first = kwargs.get("hidden_states")
+    if not isinstance(first, torch.Tensor):
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+    if first is None:
+        return args, kwargs
+
+    def leaf(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.requires_grad or not t.is_floating_point() \
+                or t.shape[:-1] != first.shape[:-1]:
+            return t
+        return t.detach().requires_grad_(True)
+
+    return tuple(leaf(a) for a in args), {k: leaf(v) for k, v in kwargs.items()}
+
+
 class _RegionCall:
-    """What a block calls instead of its `_call_impl` (the hook `nn.Module.compile` uses): its compiled graph while
+    """What a region calls instead of its `_call_impl` (the hook `nn.Module.compile` uses): its compiled graph while
     its `CompiledModel` runs the model, its own eager forward otherwise (validation, generation, a copy)."""
 
-    def __init__(self, owner: CompiledModel, block: nn.Module, layout: str) -> None:
-        self.owner, self.block, self.layout = weakref.ref(owner), weakref.ref(block), layout
+    def __init__(self, owner: CompiledModel, region: _Region) -> None:
+        self.owner, self.region = weakref.ref(owner), region
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        owner, block = self.owner(), self.block()
+        owner, block = self.owner(), self.region._module()
         if owner is None or not owner.active or block._forward_hooks or block._forward_pre_hooks:
             return block._call_impl(*args, **kwargs)
-        return owner.run_region(block, self.layout, args, kwargs)
+        return owner.run_region(self.region, args, kwargs)
 
 
 def use_compile_cache(cache_dir: str | Path | None = None) -> str:
@@ -217,8 +293,8 @@ def _mark_dynamic(inputs: Mapping[str, Any]) -> None:
 class CompiledModel:
     """`model(**inputs)` through `torch.compile` (one graph for every batch shape), with its compilations counted.
 
-    `scope="regional"` compiles each transformer block (`layer_map`) instead of the whole model: blocks of one
-    layout (`block_layout`) share a graph in this model and with every model of the process that has such blocks,
+    `scope="regional"` compiles each transformer block or its parts (`LayerSpec.regions`) instead of the whole model:
+    regions of one layout (`block_layout`) share a graph in this model and with every model of the process that has such blocks,
     module sizes are dynamic, and only calls through this object run compiled (the model's own forward stays
     eager). `scope="model"` compiles the whole forward, one entry per model layout.
 
@@ -240,7 +316,7 @@ class CompiledModel:
         kwargs = {"mode": mode} if backend == "inductor" else {}
         self.per_layout = per_layout
         self.active = False
-        self.regions: dict[str, int] = {}  # block layout -> blocks of this model with it
+        self.region_count = self.blocks = 0
         self.used: set[str] = set()  # region keys this model ran
         self.compiled_here: set[str] = set()  # region keys whose graph was compiled during this model's calls
         if scope == "regional":
@@ -266,25 +342,37 @@ class CompiledModel:
     def _install(self) -> None:
         from pdspace.peft.families import layer_map
 
-        for spec in layer_map(self.model):
-            layout = block_layout(spec.block)
-            self.regions[layout] = self.regions.get(layout, 0) + 1
-            spec.block._compiled_call_impl = _RegionCall(self, spec.block, layout)
+        config = getattr(self.model, "config", None)
+        if getattr(config, "_attn_implementation", None) == "sdpa":
+            # pdspace's attention is SDPA's (with a layer's prefix where it has one): on it, a layer's attention runs
+            # the same graph whether or not a prefix sits in another layer of the design
+            from pdspace.peft.strategies.prefix import use_pdspace_attention
 
-    def run_region(self, block: nn.Module, layout: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """One block's forward through the compiled entry of its region key."""
-        # which inputs need a gradient changes the graph (a block before the first trained one needs none): a key each
-        grads = "".join("1" if t.requires_grad else "0" for t in (*args, *kwargs.values())
-                        if isinstance(t, torch.Tensor))
-        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "")
+            use_pdspace_attention(self.model)
+
+        for spec in layer_map(self.model):
+            for module in spec.regions:
+                self.region_count += 1
+                module._compiled_call_impl = _RegionCall(self, _Region(module, spec))
+        self.blocks = len(layer_map(self.model))
+
+    def run_region(self, region: _Region, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One region's forward through the compiled entry of its key."""
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        grad = torch.is_grad_enabled() and (region.trainable or any(t.requires_grad for t in tensors))
+        if grad:
+            args, kwargs = _with_input_grad(args, kwargs)
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        # which inputs need a gradient changes the graph (the attention mask never does): part of the key
+        grads = "".join("1" if t.requires_grad else "0" for t in tensors)
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "") if region.has_attention else ""
         # a batch of 1 (an epoch's last) or a length of 1 is specialised by dynamo: a graph of its own, not a recompile
-        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
-        ones = "".join("1" if n == 1 else "n" for n in (first.shape[:2] if first is not None else ()))
-        key = (f"{layout}|{self.backend}|{self.mode}|{attn}|{'train' if block.training else 'eval'}|"
-               f"{int(torch.is_grad_enabled())}{grads}|{ones}")
+        ones = "".join("1" if n == 1 else "n" for n in (tensors[0].shape[:2] if tensors else ()))
+        key = (f"{region.layouts[grad]}|{self.backend}|{self.mode}|{attn}|"
+               f"{'train' if region.module.training else 'eval'}|{int(torch.is_grad_enabled())}{grads}|{ones}")
         self.used.add(key)
-        with _region_config():
-            return _region_fn(key)(block, args, kwargs)
+        with _region_config(), (region.bias_leaves() if grad else nullcontext()):
+            return _region_fn(key)(region.module, args, kwargs)
 
     def __call__(self, **inputs: Any) -> Any:
         """The model's output for `inputs`, computed by the compiled graph(s)."""
@@ -342,7 +430,8 @@ class CompiledModel:
                "recompiles": self.recompiles, "failed": self.failed, "reasons": self.reasons[:10],
                "compile_s": round(self.compile_s, 3), "calls": dict(self.calls)}
         if self.scope == "regional":
-            out.update(blocks=sum(self.regions.values()), block_layouts=len(self.regions), graphs=len(self.used),
+            out.update(blocks=self.blocks, regions=self.region_count,
+                       layouts=len({key.split('|')[0] for key in self.used}), graphs=len(self.used),
                        reused=len(self.used - self.compiled_here), cache_hits=dict(self.cache_hits))
         if self.cache_dir:
             out["cache_dir"] = self.cache_dir

@@ -19,7 +19,7 @@ import torch
 from conftest import FAMILY_MODELS
 
 from pdspace.archs import build_model
-from pdspace.compile import CompiledModel, block_layout
+from pdspace.compile import CompiledModel
 from pdspace.design.space import Design, named_design
 from pdspace.module import PEFTModule
 from pdspace.peft.families import layer_map
@@ -173,14 +173,14 @@ def six_bert():
 
 
 def test_regional_module_sizes_differing_per_layer_share_one_graph(six_bert):
-    """Adapter, prefix and LoRA in every layer, sizes ramping with the layer (increasing allocation): one block
-    layout, one graph for the block whose input needs no gradient (layer 0) and one for the other five, over steps of
-    changing batch shapes; never a recompile per size."""
+    """Adapter, prefix and LoRA in every layer, sizes ramping with the layer (increasing allocation): each of a BERT
+    layer's three regions (attention, intermediate, output) runs one graph in all six layers, layer 0 (whose input
+    needs no gradient) included, over steps of changing batch shapes; never a recompile per size."""
     model, stats = _regional_job(six_bert, Design((1, 2, 2, 1), "increasing", None, ("APL",) * 4), budget=0.2)
     sizes = [row.sizes for row in model.pdspace_report.layers]
     assert all(len({row[s] for row in sizes}) >= 3 and min(row[s] for row in sizes) > 1 for s in "APL"), sizes
-    assert stats["blocks"] == 6 and stats["block_layouts"] == 1 and stats["graphs"] == 2, stats
-    assert stats["compiles"] == 2 and stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+    assert stats["blocks"] == 6 and stats["regions"] == 18 and stats["layouts"] == 3 and stats["graphs"] == 3, stats
+    assert stats["compiles"] == 3 and stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
     assert stats["calls"] == {"train": 3}
 
 
@@ -195,36 +195,37 @@ def test_regional_size_one_and_batch_of_one_get_their_own_graph_not_a_recompile(
     for i, (size, length) in enumerate([*SHAPES, (1, 6)]):
         compiled(**batch(model, size, length, i)).loss.backward()
     stats = compiled.stats()
-    # layouts: sizes > 1 and sizes 1; graphs: layer 0 (no gradient in), sizes > 1, sizes 1, then the batch of 1 for
-    # all three
-    assert stats["block_layouts"] == 2 and stats["graphs"] == 6 and stats["compiles"] == 6, stats
+    # layouts: attention with LoRA ranks > 1 and 1, the intermediate, output with adapter widths > 1 and 1; graphs:
+    # those five, then the batch of 1 for all five
+    assert stats["layouts"] == 5 and stats["graphs"] == 10 and stats["compiles"] == 10, stats
     assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
 
 
-def test_regional_frozen_layers_run_the_frozen_blocks_code(six_bert):
-    """Layers without modules have the backbone's own block layout (and share its graph); a model with modules in
-    only some layers compiles one graph per layout in use."""
-    frozen = block_layout(layer_map(copy.deepcopy(six_bert).requires_grad_(False))[0].block)
+def test_regional_frozen_layers_share_the_trained_layers_graphs(six_bert):
+    """A frozen layer after a trained one runs the graphs of a trained layer's untouched regions (its gradient
+    flows through); only the frozen layers before the first trained one run inference graphs of their own."""
     design = Design((1, 2, 2, 1), "uniform", (False, True, False, True), ("", "L", "", "L"))
-    model, stats = _regional_job(six_bert, design)
-    layouts = [block_layout(spec.block) for spec in layer_map(model)]
-    assert layouts[0] == layouts[3] == layouts[4] == frozen and layouts[1] == layouts[2] == layouts[5] != frozen
-    # layer 0 (frozen, no gradient in), layers 3-4 (frozen, gradient in), LoRA layers (the first without gradient in)
-    assert stats["block_layouts"] == 2 and stats["graphs"] == 4 and stats["compiles"] == 4, stats
+    _, stats = _regional_job(six_bert, design)
+    # layer 0: attention, intermediate, output without gradient; the others: attention with and without LoRA, and
+    # the intermediate and output every layer after layer 0 shares
+    assert stats["layouts"] == 7 and stats["graphs"] == 7 and stats["compiles"] == 7, stats
     assert stats["recompiles"] == 0
 
 
-def test_regional_second_design_in_the_process_reuses_the_blocks_code(six_bert):
+def test_regional_second_design_in_the_process_reuses_the_regions_code(six_bert):
     """A second design (other grouping, allocation and sizes, the same strategy sets) compiles nothing: every
-    region graph it runs was compiled for the first; a third design with one new strategy set compiles only the
-    graphs of that layout."""
+    region graph it runs was compiled for the first. BitFit never makes a graph of its own (every bias it could
+    train is a gradient leaf in every region that needs a gradient), and a new strategy set compiles only the
+    region it changes: a prefix, the attention."""
     _, first = _regional_job(six_bert, Design((1, 2, 2, 1), "uniform", None, ("L", "A", "A", "L")))
     _, second = _regional_job(six_bert, Design((2, 1, 1, 2), "decreasing", None, ("L", "L", "A", "A")), budget=0.1)
-    assert first["compiles"] == first["graphs"] == 3 and first["reused"] == 0, first  # L (no grad in), L, A
-    assert second["compiles"] == 0 and second["reused"] == second["graphs"] == 3, second
-    # (not a prefix: a prefix anywhere switches every layer to pdspace's attention function, other graphs)
+    # attention with and without LoRA, the intermediate, output with and without an adapter
+    assert first["compiles"] == first["graphs"] == 5 and first["reused"] == 0, first
+    assert second["compiles"] == 0 and second["reused"] == second["graphs"] == 5, second
     _, third = _regional_job(six_bert, Design((1, 2, 2, 1), "uniform", None, ("L", "A", "B", "B")))
-    assert third["compiles"] == 1 and third["reused"] == 2 and third["recompiles"] == 0, third
+    assert third["compiles"] == 0 and third["reused"] == third["graphs"] == 5 and third["recompiles"] == 0, third
+    _, fourth = _regional_job(six_bert, Design((1, 2, 2, 1), "uniform", None, ("P", "A", "B", "L")))
+    assert fourth["compiles"] == 1 and fourth["reused"] == 5 and fourth["recompiles"] == 0, fourth
 
 
 def test_regional_recompile_is_recorded_with_its_reason_and_the_limit_is_not_silent(six_bert):
@@ -262,7 +263,7 @@ def test_regional_blocks_run_eager_outside_the_compiled_call_and_copies_are_plai
         torch.testing.assert_close(model(**b).logits, reference(**b).logits)
     assert len(dynamo_utils.get_compilation_metrics()) == before
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert all(spec.block._compiled_call_impl is None for spec in layer_map(clone))
+        assert all(r._compiled_call_impl is None for spec in layer_map(clone) for r in spec.regions)
 
 
 def test_regional_equals_eager_on_bert():
@@ -364,7 +365,7 @@ def test_pdspace_train_compile_true_records_one_graph_and_matches_eager(launch, 
                       multirun=True)
     assert [r["status"] for r in compiled] == ["completed", "completed"]
     first, second = (r["compile"] for r in compiled)
-    assert first["scope"] == "regional" and first["blocks"] > 1 and first["block_layouts"] == 1, first  # LoRA: all
+    assert first["scope"] == "regional" and first["blocks"] > 1 and first["layouts"] == 3, first  # LoRA: all
     assert first["cache_dir"] == str(tmp_path / "compile")  # train.compile_cache_dir reaches inductor
     assert first["by_context"] == {"train": first["graphs"]} and first["recompiles"] == 0 and first["failed"] == 0
     assert second["compiles"] == 0 and second["layout"] == first["layout"], second

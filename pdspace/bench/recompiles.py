@@ -125,11 +125,11 @@ def _ms(value: float | None, fmt: str = ".0f") -> str:
 
 def print_jobs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Markdown table of the jobs, the sweep's compile seconds against its first job's, and the recompile reasons."""
-    print("| job | design | layout | block layouts | graphs run | compiled | reused | recompiles | ran eager | "
+    print("| job | design | layout | region layouts | graphs run | compiled | reused | recompiles | ran eager | "
           "compile s | first step s | compiled step ms | eager step ms | × eager |\n|" + "---|" * 14)
     for i, r in enumerate(rows):
         st = r["stats"]
-        regional = [st.get(k, "—") for k in ("block_layouts", "graphs")]
+        regional = [st.get(k, "—") for k in ("layouts", "graphs")]
         print(f"| {i} | {r['design']} | {r['layout'][:6]} | {regional[0]} | {regional[1]} | {r['train'] + r['eval']} | "
               f"{st.get('reused', '—')} | {r['recompiles']} | {r['failed']} | {r['compile_s']:.1f} | "
               f"{r['first_s']:.1f} | {_ms(r['compiled_ms'])} | {_ms(r['eager_ms'])} | {_ms(r['ratio'], '.2f')} |")

@@ -31,6 +31,15 @@ class LayerSpec:
     attentions: list[dict[str, Slot]]  # per attention, self first then cross: its q, k, v, o projections
     ffn: list[Slot]  # the feed-forward projections, the output projection last
     norms: list[nn.Module] = field(default_factory=list)  # layer norms whose biases BitFit trains
+    # the sub-modules `train.compile_scope=regional` compiles one by one (the block's own code runs eager between
+    # them): each holds fewer of the strategies' attachment points than the block, so fewer strategy sets make a new
+    # graph; empty: the block itself (its forward does the residuals and norms, which then stay in the graph)
+    parts: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def regions(self) -> list[nn.Module]:
+        """What regional compilation compiles: `parts`, or the block where a family names none."""
+        return self.parts or [self.block]
 
     @property
     def lora_targets(self) -> list[Slot]:
@@ -81,6 +90,7 @@ def _bert_layers(model: nn.Module) -> list[LayerSpec]:
             attentions=[_roles(sa, ["query", "key", "value"], o=(layer.attention.output, "dense"))],
             ffn=[(layer.intermediate, "dense"), (layer.output, "dense")],
             norms=[layer.attention.output.LayerNorm, layer.output.LayerNorm],
+            parts=[layer.attention, layer.intermediate, layer.output],
         ))
     return out
 
@@ -119,6 +129,7 @@ def _t5_layers(model: nn.Module) -> list[LayerSpec]:
                 num_kv_heads=sa.n_heads, head_dim=sa.key_value_proj_dim,
                 attentions=[_roles(a, ["q", "k", "v", "o"]) for a in attns],
                 ffn=_slots(ff, ["wi", "wi_0", "wi_1", "wo"]),
+                parts=list(block.layer),  # self-attention, cross-attention, feed-forward: each with its norm
             ))
     return out
 
