@@ -103,13 +103,14 @@ def _compile_rows(out: str) -> list[list[str]]:
 
 
 def test_compile_bench_counts_compilations_per_job(capsys, one_thread):
-    """Regional (the default): the 2nd job of a design compiles nothing and reuses both region graphs (layer 0,
-    whose input needs no gradient, and the other layers); the model scope: one training and one eval graph."""
+    """Regional (the default): the 2nd job of a design compiles nothing and reuses the three region graphs of its
+    layers (attention with LoRA, intermediate, output; layer 0 shares them); the model scope: one training and one
+    eval graph."""
     main(["compile", "--backbone", "tiny-bert", "--designs", "lora", "lora", "--backend", "eager",
           "--lengths", "8", "12", "--rounds", "1"])
     out = capsys.readouterr().out
-    # block layouts, graphs run, compiled, reused, recompiles, ran eager
-    assert [r[3:9] for r in _compile_rows(out)] == [["1", "2", "2", "0", "0", "0"], ["1", "2", "0", "2", "0", "0"]]
+    # region layouts, graphs run, compiled, reused, recompiles, ran eager
+    assert [r[3:9] for r in _compile_rows(out)] == [["3", "3", "3", "0", "0", "0"], ["3", "3", "0", "3", "0", "0"]]
     assert "regional (each transformer block)" in out and "sweep compile s:" in out and "compiled step / eager" in out
     main(["compile", "--backbone", "tiny-bert", "--designs", "adapter", "adapter", "--backend", "eager",
           "--lengths", "8", "12", "--rounds", "0", "--scope", "model"])
