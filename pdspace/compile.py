@@ -6,9 +6,10 @@ layers), as PyTorch's regional compilation recipe does: regions with the same mo
 one graph, within a design and across a sweep's designs, module sizes (LoRA rank, adapter width,
 prefix length) are dynamic dimensions, BitFit and a region's place before or after the first
 trained layer make no graph of their own (`_Region`), and a frozen region runs the same code as
-the untouched region of a trained layer (see `_REGION_CACHE`). `model` compiles the whole forward, one entry function per model layout
-(see `_ENTRY_CACHE`). Either way dynamo keeps compiled code per *code object*, so each
-layout gets its own, and neither a sweep's designs nor one recompile limit are shared.
+the untouched region of a trained layer (see `_REGION_CACHE`). `model` compiles the whole forward,
+one entry function per model layout (see `_ENTRY_CACHE`). Either way dynamo keeps compiled code per
+*code object*, so each layout gets its own, and neither a sweep's designs nor one recompile limit
+are shared.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class _Region:
         self.slots = [(weakref.ref(m), n) for m, n in bitfit_biases(spec, add_missing=True) if id(m) in inside]
         self.trainable = any(p.requires_grad for p in module.parameters())
         # the attention implementation matters only where an attention is
-        self.has_attention = any(id(m) in inside for m in (spec.self_attn,))
+        self.has_attention = id(spec.self_attn) in inside
         self.layouts = {False: block_layout(module)}
         with self.bias_leaves():
             self.layouts[True] = block_layout(module)
@@ -294,9 +295,9 @@ class CompiledModel:
     """`model(**inputs)` through `torch.compile` (one graph for every batch shape), with its compilations counted.
 
     `scope="regional"` compiles each transformer block or its parts (`LayerSpec.regions`) instead of the whole model:
-    regions of one layout (`block_layout`) share a graph in this model and with every model of the process that has such blocks,
-    module sizes are dynamic, and only calls through this object run compiled (the model's own forward stays
-    eager). `scope="model"` compiles the whole forward, one entry per model layout.
+    regions of one layout (`block_layout`) share a graph in this model and with every model of the process that
+    has such blocks, module sizes are dynamic, and only calls through this object run compiled (the model's own
+    forward stays eager). `scope="model"` compiles the whole forward, one entry per model layout.
 
     A compilation in a context (train: grad enabled and `model.training`; eval: anything else)
     after that context's first call is a recompile (regional: any compilation of a region that
@@ -350,11 +351,12 @@ class CompiledModel:
 
             use_pdspace_attention(self.model)
 
-        for spec in layer_map(self.model):
+        specs = layer_map(self.model)
+        for spec in specs:
             for module in spec.regions:
                 self.region_count += 1
                 module._compiled_call_impl = _RegionCall(self, _Region(module, spec))
-        self.blocks = len(layer_map(self.model))
+        self.blocks = len(specs)
 
     def run_region(self, region: _Region, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One region's forward through the compiled entry of its key."""
