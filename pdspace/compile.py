@@ -22,7 +22,7 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +137,22 @@ def _region_fn(key: str) -> Callable[..., Any]:
 
 
 @contextmanager
-def _region_config() -> Iterator[None]:
-    # no duck sizing: a first batch whose size equals its length would otherwise tie the two for good
+def _compile_config(regional: bool, cpu: bool) -> Iterator[None]:
+    """The settings a compiled call runs under (read when a graph compiles; entered once per model call).
+
+    regional: the module sizes are dynamic sources, and no duck sizing (a first batch whose size equals its length
+    would otherwise tie the two for good). cpu: random numbers come from aten (`fallback_random`), as in eager:
+    inductor's own CPU code draws them one element at a time (`normalized_rand_cpu`), slower than aten's dropout,
+    and its masks differ from eager's for one seed; on a GPU its fused philox stays."""
+    import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
 
-    with torch.compiler.config.patch(dynamic_sources=dynamic_sources()), fx_config.patch(use_duck_shape=False):
+    with ExitStack() as stack:
+        if regional:
+            stack.enter_context(torch.compiler.config.patch(dynamic_sources=dynamic_sources()))
+            stack.enter_context(fx_config.patch(use_duck_shape=False))
+        if cpu:
+            stack.enter_context(inductor_config.patch(fallback_random=True))
         yield
 
 
@@ -373,7 +384,7 @@ class CompiledModel:
         key = (f"{region.layouts[grad]}|{self.backend}|{self.mode}|{attn}|"
                f"{'train' if region.module.training else 'eval'}|{int(torch.is_grad_enabled())}{grads}|{ones}")
         self.used.add(key)
-        with _region_config(), (region.bias_leaves() if grad else nullcontext()):
+        with region.bias_leaves() if grad else nullcontext():
             return _region_fn(key)(region.module, args, kwargs)
 
     def __call__(self, **inputs: Any) -> Any:
@@ -386,9 +397,11 @@ class CompiledModel:
         context = "train" if torch.is_grad_enabled() and self.model.training else "eval"
         seen = dynamo_utils.get_compilation_metrics()
         last = seen[-1] if seen else None
+        param = next(self.model.parameters(), None)
         self.active = True
         try:
-            out = self._fn(self.model, inputs)
+            with _compile_config(self.scope == "regional", param is None or param.device.type == "cpu"):
+                out = self._fn(self.model, inputs)
         finally:
             self.active = False
         new = []
