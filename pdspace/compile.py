@@ -381,8 +381,10 @@ class CompiledModel:
         attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "") if region.has_attention else ""
         # a batch of 1 (an epoch's last) or a length of 1 is specialised by dynamo: a graph of its own, not a recompile
         ones = "".join("1" if n == 1 else "n" for n in (tensors[0].shape[:2] if tensors else ()))
+        # dynamo guards on the thread count (global state): another count is a graph of its own, not a recompile
         key = (f"{region.layouts[grad]}|{self.backend}|{self.mode}|{attn}|"
-               f"{'train' if region.module.training else 'eval'}|{int(torch.is_grad_enabled())}{grads}|{ones}")
+               f"{'train' if region.module.training else 'eval'}|{int(torch.is_grad_enabled())}{grads}|{ones}|"
+               f"t{torch.get_num_threads()}")
         self.used.add(key)
         with region.bias_leaves() if grad else nullcontext():
             return _region_fn(key)(region.module, args, kwargs)

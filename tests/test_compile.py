@@ -228,6 +228,22 @@ def test_regional_second_design_in_the_process_reuses_the_regions_code(six_bert)
     assert fourth["compiles"] == 1 and fourth["reused"] == 5 and fourth["recompiles"] == 0, fourth
 
 
+def test_regional_thread_count_is_a_graph_of_its_own_not_a_recompile(six_bert):
+    """Dynamo guards on the thread count: a job run with other threads than an earlier one compiles its own graphs
+    (counted as compiles, not as recompiles), and going back reuses the first graphs."""
+    design = Design((1, 2, 2, 1), "uniform", None, ("L", "A", "A", "L"))
+    threads = torch.get_num_threads()
+    _, first = _regional_job(six_bert, design)
+    torch.set_num_threads(threads + 1)
+    try:
+        _, other = _regional_job(six_bert, design)
+    finally:
+        torch.set_num_threads(threads)
+    _, again = _regional_job(six_bert, design)
+    assert other["recompiles"] == 0 and other["compiles"] == other["graphs"] == first["graphs"], other
+    assert again["compiles"] == 0 and again["reused"] == first["graphs"], again
+
+
 def test_regional_recompile_is_recorded_with_its_reason_and_the_limit_is_not_silent(six_bert):
     """A changed guard (a merged LoRA module) recompiles its region: counted with dynamo's reason; past the
     recompile limit the region runs eager, and `failed` says so."""
