@@ -419,3 +419,17 @@ def test_compiled_dropout_on_cpu_draws_eager_masks(scope, tmp_path):
     for n, p in eager.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-3, msg=n)
+
+
+def test_regional_lora_ranks_are_dynamic_in_t5_cross_attention():
+    """LoRA's scaling (alpha / r) follows the rank in A's shape, a dynamic size: ranks that differ per layer share
+    T5's cross-attention graph (a float read from the module was a guard on its value there: a recompile per rank,
+    and eager past dynamo's limit)."""
+    torch._dynamo.reset()
+    arch, head = FAMILY_MODELS["t5"]
+    base = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT["t5"])
+    design = Design((1, 1, 2, 2), "decreasing", None, ("L", "L", "L", "L"))
+    model, stats = _regional_job(base, design, budget=0.2, backend="aot_eager")
+    ranks = {m.rank for m in model.modules() if hasattr(m, "lora_A")}
+    assert len(ranks) >= 4, ranks
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]

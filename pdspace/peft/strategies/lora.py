@@ -34,8 +34,8 @@ def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
 class LoraLinear(WrappedLinear):
     """`y = W x + scaling * B A x` with `scaling = alpha / rank` (rsLoRA: `alpha / sqrt(rank)`).
 
-    B starts at zero so the patched model starts as the backbone; `scaling` is fixed at
-    construction (it is what `merge` folds in and `unmerge` takes out again).
+    B starts at zero so the patched model starts as the backbone; `scaling` follows from alpha and
+    the rank (it is what `merge` folds in and `unmerge` takes out again).
     """
 
     letter = "L"
@@ -44,19 +44,27 @@ class LoraLinear(WrappedLinear):
                  rslora: bool = False) -> None:
         super().__init__(base_layer)
         w = base_layer.weight
+        lora_scaling(alpha, rank, rslora)  # checks the rank
         self.rank, self.alpha, self.rslora = rank, alpha, rslora
-        self.scaling = lora_scaling(alpha, rank, rslora)
         self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.merged = False
 
+    @property
+    def scaling(self) -> float:
+        return lora_scaling(self.alpha, self.rank, self.rslora)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # the scaling from the rank in A's shape, not the float attribute: compiled, the rank is a dynamic size and so
+        # is the scaling, where a float read from the module is a guard on its value in some graphs (T5's
+        # cross-attention: one recompile per rank)
+        scaling = lora_scaling(self.alpha, self.lora_A.shape[0], self.rslora)
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * scaling
 
     def delta_weight(self) -> torch.Tensor:
         """The update `scaling * B @ A` in the base weight's shape."""
