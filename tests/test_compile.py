@@ -393,7 +393,8 @@ def test_pdspace_train_compile_true_records_one_graph_and_matches_eager(launch, 
         assert c["loss"] == pytest.approx(e["loss"], abs=1e-3)
 
 
-@pytest.mark.parametrize("scope", ["model", pytest.param("regional", marks=pytest.mark.slow)])
+@pytest.mark.slow  # inductor: its first compile in a process takes 30 s or more in CI
+@pytest.mark.parametrize("scope", ["model", "regional"])
 def test_compiled_dropout_on_cpu_draws_eager_masks(scope, tmp_path):
     """On CPU inductor takes its random numbers from aten (`fallback_random`): with dropout on, a compiled training
     step under one seed has eager's loss and gradients (inductor's own CPU random numbers are other masks, and

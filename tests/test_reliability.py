@@ -153,8 +153,11 @@ def test_refine_with_config_dir_and_name_writes_the_narrowed_space(launch, tmp_p
 # --------------------------------------------------------------------------- interrupted runs say so
 
 
-@pytest.mark.parametrize(("name", "how"), [("SIGTERM", "SignalAt"), ("SIGINT", "SignalAt"),
-                                           ("SIGINT", "SwallowedSignalAt"), ("SIGTERM", "SwallowedSignalAt")])
+# CI runs two of the four (each signal once, each way once, ~13 s apiece); the other two are slow
+@pytest.mark.parametrize(("name", "how"), [("SIGTERM", "SignalAt"),
+                                           pytest.param("SIGINT", "SignalAt", marks=pytest.mark.slow),
+                                           ("SIGINT", "SwallowedSignalAt"),
+                                           pytest.param("SIGTERM", "SwallowedSignalAt", marks=pytest.mark.slow)])
 def test_an_interrupted_run_says_interrupted_and_resumes(tmp_path, name, how):
     # SwallowedSignalAt: the handler's exception lands where it is swallowed; the job must still stop at the next
     # batch (seen once in CI: SIGINT's KeyboardInterrupt vanished and the run finished with exit 0)
