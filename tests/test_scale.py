@@ -30,7 +30,9 @@ def _results(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
 
 
-@pytest.mark.parametrize(("launcher", "jobs", "workers"), [("joblib", 4, 2), ("submitit_local", 2, None)])
+# CI: joblib (~15 s); submitit_local is slow
+@pytest.mark.parametrize(("launcher", "jobs", "workers"),
+                         [("joblib", 4, 2), pytest.param("submitit_local", 2, None, marks=pytest.mark.slow)])
 def test_sweep_through_a_launcher_then_refinement(tmp_path, launcher, jobs, workers):
     sweep = tmp_path / "sweep"
     extra = [f"hydra.launcher.n_jobs={workers}"] if workers else []

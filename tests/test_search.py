@@ -120,7 +120,8 @@ def test_bad_search_input_stops_before_any_stage(tmp_path, args, message):
     assert not (tmp_path / "search").exists()  # nothing launched, nothing written
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+# CI: SIGTERM (the scheduler's and the shell's stop, ~15 s); SIGKILL is slow
+@pytest.mark.parametrize("how", ["SIGTERM", pytest.param("SIGKILL", marks=pytest.mark.slow)])
 def test_killing_the_search_stops_its_stage_and_leaves_no_orphan(tmp_path, how):
     """SIGTERM to pdspace-search reaches the running stage and the search exits 143; SIGKILL of the search alone
     (its stage runs in its own process group) ends the stage too, by the parent-death signal (Linux); either way
