@@ -105,14 +105,19 @@ def _sized_dims(name: str) -> set[int]:
     return {dim for suffix, dim in SIZED_PARAMETERS if name == suffix or name.endswith("." + suffix)}
 
 
-def block_layout(block: nn.Module) -> str:
+def block_layout(block: nn.Module, skip: str | None = None) -> str:
     """A digest of what a block's compiled code depends on: its modules' classes, its parameters' names, shapes,
     dtypes and trainability, with the module sizes (`SIZED_PARAMETERS`) left out, as the graph has them dynamic;
-    only a size of 1 counts (dynamo specialises sizes 0 and 1: such a block gets a graph of its own)."""
+    only a size of 1 counts (dynamo specialises sizes 0 and 1: such a block gets a graph of its own). `skip`: a
+    submodule the graph never runs (its dotted name), left out with its parameters."""
     h = hashlib.sha1()
     for name, m in block.named_modules():
+        if skip and (name == skip or name.startswith(skip + ".")):
+            continue
         h.update(f"{name}={type(m).__module__}.{type(m).__qualname__};".encode())
     for name, p in block.named_parameters():
+        if skip and name.startswith(skip + "."):
+            continue
         sized = _sized_dims(name)
         shape = tuple("*" if d in sized and n > 1 else n for d, n in enumerate(p.shape))
         h.update(f"{name}:{shape}:{p.dtype}:{p.requires_grad};".encode())
@@ -178,9 +183,10 @@ class _Region:
         self.trainable = any(p.requires_grad for p in module.parameters())
         # the attention implementation matters only where an attention is
         self.has_attention = id(spec.self_attn) in inside
-        self.layouts = {False: block_layout(module)}
+        self.position_bias, skip = _position_bias_source(module)
+        self.layouts = {False: block_layout(module, skip)}
         with self.bias_leaves():
-            self.layouts[True] = block_layout(module)
+            self.layouts[True] = block_layout(module, skip)
 
     @property
     def module(self) -> nn.Module:
@@ -209,6 +215,37 @@ class _Region:
         finally:
             for module, name, p in reversed(swapped):
                 module._parameters[name] = p
+
+
+def _position_bias_source(module: nn.Module) -> tuple[Any, str | None]:
+    """T5's attention layers (a `T5Attention` as `SelfAttention` or `EncDecAttention`): the attention, and the name of
+    the relative-position embedding the region would compute its bias from (None where it has none).
+
+    A T5 stack's first layer computes the position bias its later layers are handed (from the embedding in
+    self-attention, zeros in cross-attention). Computed before the region runs (`_first_position_bias`), the bias
+    enters the first layer's graph as it enters the others', so the first layer runs their graph instead of one of
+    its own per strategy set."""
+    for name in ("SelfAttention", "EncDecAttention"):
+        attention = getattr(module, name, None)
+        if attention is not None and hasattr(attention, "compute_bias") and hasattr(attention, "n_heads"):
+            embedding = f"{name}.relative_attention_bias" if attention.has_relative_attention_bias else None
+            return weakref.ref(attention), embedding
+    return None, None
+
+
+def _first_position_bias(attention: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with the position bias T5's attention would compute when handed none, as its forward computes it
+    (no key/value cache in a training forward: nothing seen before)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    keys = kwargs.get("key_value_states")
+    q_len, k_len = hidden.shape[1], (hidden if keys is None else keys).shape[1]
+    if attention.has_relative_attention_bias:
+        bias = attention.compute_bias(q_len, k_len, device=hidden.device)
+    else:
+        bias = torch.zeros((1, attention.n_heads, q_len, k_len), device=hidden.device, dtype=hidden.dtype)
+        if attention.gradient_checkpointing and attention.training:
+            bias.requires_grad = True
+    return {**kwargs, "position_bias": bias}
 
 
 def _with_input_grad(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -371,6 +408,8 @@ class CompiledModel:
 
     def run_region(self, region: _Region, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One region's forward through the compiled entry of its key."""
+        if region.position_bias is not None and kwargs.get("position_bias") is None:
+            kwargs = _first_position_bias(region.position_bias(), args, kwargs)
         tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
         grad = torch.is_grad_enabled() and (region.trainable or any(t.requires_grad for t in tensors))
         if grad:

@@ -434,3 +434,36 @@ def test_regional_lora_ranks_are_dynamic_in_t5_cross_attention():
     ranks = {m.rank for m in model.modules() if hasattr(m, "lora_A")}
     assert len(ranks) >= 4, ranks
     assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+
+
+def test_regional_t5_first_layer_runs_the_later_layers_graphs():
+    """T5's first layer computes the position bias its later layers are handed (from the relative-position embedding
+    in self-attention, zeros in cross-attention). Computed before its region runs, the bias enters that region as it
+    enters the others: the first layer runs the later layers' graphs (three graphs fewer per strategy set), and the
+    embedding, trained here, still gets eager's gradient."""
+    torch._dynamo.reset()
+    arch, head = FAMILY_MODELS["t5"]
+    eager = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT["t5"])
+    apply_design(eager, Design((1, 1, 2, 2), "uniform", None, ("L",) * 4), 0.2)
+    embeddings = [m.relative_attention_bias.weight for m in eager.modules()
+                  if getattr(m, "has_relative_attention_bias", False)]
+    assert len(embeddings) == 2  # the encoder's and the decoder's first self-attention
+    for weight in embeddings:
+        weight.requires_grad_(True)
+    twin = copy.deepcopy(eager.train())
+    compiled = CompiledModel(twin, backend="aot_eager", scope="regional")
+    for i, (size, length) in enumerate(SHAPES):
+        b = batch(eager, size, length, i)
+        loss_e, loss_c = eager(**b).loss, compiled(**b).loss
+        torch.testing.assert_close(loss_c, loss_e, atol=1e-5, rtol=1e-4)
+        loss_e.backward()
+        loss_c.backward()
+        grads = dict(twin.named_parameters())
+        for n, p in eager.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and grads[n].grad is not None, n
+                torch.testing.assert_close(grads[n].grad, p.grad, atol=1e-5, rtol=1e-3, msg=f"{n} step {i}")
+    stats = compiled.stats()
+    # the encoder's self-attention, the decoder's self-attention and cross-attention, the feed-forward (both stacks)
+    assert stats["graphs"] == stats["compiles"] == 4, stats
+    assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
