@@ -1,15 +1,14 @@
 """`train.compile=true`: the training forward through `torch.compile`, counted.
 
-Two scopes. `regional` (the default) compiles each transformer block, or where the family's layer
-map names them its parts (`LayerSpec.regions`: BERT's attention, intermediate and output; T5's
-layers), as PyTorch's regional compilation recipe does: regions with the same module layout share
-one graph, within a design and across a sweep's designs, module sizes (LoRA rank, adapter width,
-prefix length) are dynamic dimensions, BitFit and a region's place before or after the first
-trained layer make no graph of their own (`_Region`), and a frozen region runs the same code as
-the untouched region of a trained layer (see `_REGION_CACHE`). `model` compiles the whole forward,
-one entry function per model layout (see `_ENTRY_CACHE`). Either way dynamo keeps compiled code per
-*code object*, so each layout gets its own, and neither a sweep's designs nor one recompile limit
-are shared.
+Two scopes. `regional` (the default) compiles each transformer block, or where the family's layer map names them
+its parts (`LayerSpec.regions`: BERT's attention, intermediate and output; T5's layers, the first one's position
+bias computed before it), as PyTorch's regional compilation recipe does: regions with the same module layout share
+one graph, within a design and across a sweep's designs, module sizes (LoRA rank, adapter width, prefix length) are
+dynamic dimensions, BitFit and a region's place before or after the first trained layer make no graph of their own
+(`_Region`), and a frozen region runs the same code as the untouched region of a trained layer (see
+`_REGION_CACHE`). `model` compiles the whole forward, one entry function per model layout (see `_ENTRY_CACHE`).
+Either way dynamo keeps compiled code per *code object*, so each layout gets its own, and neither a sweep's designs
+nor one recompile limit are shared.
 """
 
 from __future__ import annotations
@@ -242,7 +241,10 @@ def _first_position_bias(attention: nn.Module, args: tuple[Any, ...], kwargs: di
     if attention.has_relative_attention_bias:
         bias = attention.compute_bias(q_len, k_len, device=hidden.device)
     else:
-        bias = torch.zeros((1, attention.n_heads, q_len, k_len), device=hidden.device, dtype=hidden.dtype)
+        # the dtype of the queries, from which T5 takes it (under autocast, autocast's)
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        bias = torch.zeros((1, attention.n_heads, q_len, k_len), device=hidden.device, dtype=dtype)
         if attention.gradient_checkpointing and attention.training:
             bias.requires_grad = True
     return {**kwargs, "position_bias": bias}

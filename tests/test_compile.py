@@ -472,3 +472,23 @@ def test_regional_t5_first_layer_runs_the_later_layers_graphs():
     # the encoder's self-attention, the decoder's self-attention and cross-attention, the feed-forward (both stacks)
     assert stats["graphs"] == stats["compiles"] == 4, stats
     assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_regional_t5_first_layer_bias_is_the_one_t5_computes(autocast):
+    """The position bias computed before T5's first self- and cross-attention is the one their forward computes and
+    returns when handed none (HF's code the reference): values and dtype, under autocast too (the queries' dtype)."""
+    from pdspace.compile import _first_position_bias, _position_bias_source
+
+    arch, head = FAMILY_MODELS["t5"]
+    model = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT["t5"]).train()
+    block = model.decoder.block[0]
+    hidden, encoded = torch.randn(2, 5, model.config.d_model), torch.randn(2, 7, model.config.d_model)
+    for layer, kwargs in ((block.layer[0], {}), (block.layer[1], {"key_value_states": encoded})):
+        attention, _ = _position_bias_source(layer)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, expected, _ = layer(hidden, position_bias=None, **kwargs)
+            bias = _first_position_bias(attention(), (hidden,), {"position_bias": None, **kwargs})["position_bias"]
+        assert bias.dtype == expected.dtype and bias.shape == expected.shape, (bias.dtype, expected.dtype)
+        torch.testing.assert_close(bias, expected, atol=0, rtol=0)
