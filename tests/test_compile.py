@@ -370,7 +370,7 @@ def test_compiled_fit_with_generation_equals_eager(arch, scope, tmp_path):
     assert min(moved) > 1e-4, moved  # lora_B starts at zero: each moved by more than the tolerance below
     for (n, p), (_, q) in zip(compiled.model.named_parameters(), eager.model.named_parameters()):
         if p.requires_grad:
-            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.slow
@@ -447,22 +447,21 @@ def test_regional_t5_first_layer_runs_the_later_layers_graphs():
         weight.requires_grad_(True)
     twin = copy.deepcopy(eager.train())
     compiled = CompiledModel(twin, backend="aot_eager", scope="regional")
+    params = dict(twin.named_parameters())
     for i, (size, length) in enumerate(SHAPES):
         b = batch(eager, size, length, i)
         loss_e, loss_c = eager(**b).loss, compiled(**b).loss
         torch.testing.assert_close(loss_c, loss_e, atol=1e-5, rtol=1e-4)
         loss_e.backward()
         loss_c.backward()
-        grads = dict(twin.named_parameters())
         for n, p in eager.named_parameters():
             if p.requires_grad:
-                assert p.grad is not None and grads[n].grad is not None, n
-                torch.testing.assert_close(grads[n].grad, p.grad, atol=1e-5, rtol=1e-3, msg=f"{n} step {i}")
+                assert p.grad is not None and params[n].grad is not None, n
+                torch.testing.assert_close(params[n].grad, p.grad, atol=1e-5, rtol=1e-3, msg=f"{n} step {i}")
     stats = compiled.stats()
     # the encoder's self-attention, the decoder's self-attention and cross-attention, the feed-forward (both stacks)
     assert stats["graphs"] == stats["compiles"] == 4, stats
     assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
-
 
 
 @pytest.mark.parametrize("autocast", [False, True])
