@@ -367,6 +367,7 @@ class CompiledModel:
         kwargs = {"mode": mode} if backend == "inductor" else {}
         self.per_layout = per_layout
         self.active = False
+        self._masks: Callable[[], Any] = nullcontext  # what builds the masks in a call (`_install`)
         self.region_count = self.blocks = 0
         self.used: set[str] = set()  # region keys this model ran
         self.compiled_here: set[str] = set()  # region keys whose graph was compiled during this model's calls
@@ -392,14 +393,19 @@ class CompiledModel:
 
     def _install(self) -> None:
         from pdspace.peft.families import layer_map
+        from pdspace.peft.strategies.prefix import ATTN_IMPLEMENTATION, full_masks, use_pdspace_attention
 
         config = getattr(self.model, "config", None)
         if getattr(config, "_attn_implementation", None) == "sdpa":
             # pdspace's attention is SDPA's (with a layer's prefix where it has one): on it, a layer's attention runs
             # the same graph whether or not a prefix sits in another layer of the design
-            from pdspace.peft.strategies.prefix import use_pdspace_attention
-
             use_pdspace_attention(self.model)
+        if getattr(config, "_attn_implementation", None) == ATTN_IMPLEMENTATION and \
+                getattr(config, "is_encoder_decoder", False):
+            # an encoder-decoder's self-attention runs one graph in both stacks when both are handed a mask tensor
+            # (the encoder's all true without padding, the decoder's causal), not None and SDPA's is_causal; on
+            # pdspace's attention whether the switch was made here or by a prefix in the design
+            self._masks = full_masks
 
         specs = layer_map(self.model)
         for spec in specs:
@@ -443,7 +449,7 @@ class CompiledModel:
         param = next(self.model.parameters(), None)
         self.active = True
         try:
-            with _compile_config(self.scope == "regional", param is None or param.device.type == "cpu"):
+            with _compile_config(self.scope == "regional", param is None or param.device.type == "cpu"), self._masks():
                 out = self._fn(self.model, inputs)
         finally:
             self.active = False

@@ -433,7 +433,9 @@ def test_regional_t5_first_layer_runs_the_later_layers_graphs():
     enters the others: the first layer runs the later layers' graphs (three graphs fewer per strategy set), and the
     embedding, trained here, still gets eager's gradient. LoRA's scaling (alpha / r) follows the rank in A's shape, a
     dynamic size: the ranks, which differ per layer, share the graphs (a float read from the module was a guard on
-    its value in T5's cross-attention: a recompile per rank, and eager past dynamo's limit)."""
+    its value in T5's cross-attention: a recompile per rank, and eager past dynamo's limit). The encoder's and the
+    decoder's self-attention run one graph: both are handed a mask tensor (SHAPES' batches have padding in the
+    encoder and none in the decoder, where HF's mask would be None and SDPA's `is_causal` do the masking)."""
     torch._dynamo.reset()
     arch, head = FAMILY_MODELS["t5"]
     eager = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT["t5"])
@@ -459,9 +461,26 @@ def test_regional_t5_first_layer_runs_the_later_layers_graphs():
                 assert p.grad is not None and params[n].grad is not None, n
                 torch.testing.assert_close(params[n].grad, p.grad, atol=1e-5, rtol=1e-3, msg=f"{n} step {i}")
     stats = compiled.stats()
-    # the encoder's self-attention, the decoder's self-attention and cross-attention, the feed-forward (both stacks)
-    assert stats["graphs"] == stats["compiles"] == 4, stats
+    # the self-attention (both stacks: each is handed a mask tensor, the decoder's causal, the encoder's with or
+    # without padding), the cross-attention, the feed-forward (both stacks)
+    assert stats["graphs"] == stats["compiles"] == 3, stats
     assert stats["recompiles"] == 0 and stats["failed"] == 0, stats["reasons"]
+
+
+def test_regional_t5_self_attention_with_a_prefix_is_one_graph_in_both_stacks():
+    """A prefix switches the model to pdspace's attention when it is patched, before compilation: its masks are
+    built in full all the same, and the prefixed self-attention of both stacks runs one graph (self-attention,
+    cross-attention, feed-forward: 3), with eager's loss."""
+    torch._dynamo.reset()
+    arch, head = FAMILY_MODELS["t5"]
+    eager = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT["t5"])
+    apply_design(eager, Design((1, 1, 2, 2), "uniform", None, ("P",) * 4), 0.05)
+    twin = copy.deepcopy(eager.train())
+    compiled = CompiledModel(twin, backend="aot_eager", scope="regional")
+    b = batch(eager, 3, 7, 0)  # padding in the encoder, none in the decoder
+    torch.testing.assert_close(compiled(**b).loss, eager(**b).loss, atol=1e-5, rtol=1e-4)
+    stats = compiled.stats()
+    assert stats["graphs"] == stats["compiles"] == 3 and stats["recompiles"] == 0, stats
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -481,3 +500,41 @@ def test_regional_t5_first_layer_bias_is_the_one_t5_computes(autocast):
             bias = _first_position_bias(attention(), (hidden,), {"position_bias": None, **kwargs})["position_bias"]
         assert bias.dtype == expected.dtype and bias.shape == expected.shape, (bias.dtype, expected.dtype)
         torch.testing.assert_close(bias, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_full_masks_leave_the_outputs_unchanged(family):
+    """Under `full_masks` (regional compilation of an encoder-decoder) every mask is a contiguous tensor of its own,
+    where HF hands SDPA None (no padding; the decoder's causal mask left to `is_causal`): the logits are HF's own,
+    with padding and without, and with a prefix in every layer (whose causal mask pdspace builds when none is
+    given)."""
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from pdspace.peft.strategies.prefix import ATTN_IMPLEMENTATION, full_masks, pdspace_mask, register_attention
+
+    arch, head = FAMILY_MODELS[family]
+    model = build_model(arch, head, seed=0, **SIX_LAYERS_NO_DROPOUT[family]).eval()
+    apply_design(model, Design((1, 1, 2, 2), "uniform", None, ("P",) * 4), 0.05)
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(pdspace_mask(*args, **kwargs))
+        return made[-1]
+
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, spy)
+    try:
+        with torch.no_grad():
+            for padded in (True, False):
+                b = batch(model, 3, 7, 0)
+                if not padded:
+                    b["attention_mask"] = torch.ones_like(b["attention_mask"])
+                made.clear()
+                reference = model(**b).logits  # HF's masks, None where it can
+                assert any(m is None for m in made), padded
+                made.clear()
+                with full_masks():
+                    full = model(**b).logits
+                assert len(made) == 3 and all(m._base is None and m.is_contiguous() for m in made), made
+                torch.testing.assert_close(full, reference, atol=1e-6, rtol=1e-5)
+    finally:
+        register_attention()

@@ -15,6 +15,9 @@ the budget (a fixed cost per layer, plus d per prefix position).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +114,36 @@ def pdspace_attention(
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+_FULL_MASKS: ContextVar[bool] = ContextVar("pdspace_full_masks", default=False)
+
+
+@contextmanager
+def full_masks() -> Iterator[None]:
+    """Masks built for pdspace's attention are tensors for the duration, never None: no causal mask is left to
+    SDPA's `is_causal`, no mask without padding is skipped, and none is an expanded view. The values are the same;
+    what changes is that an encoder's and a decoder's self-attention (an all-true mask, a causal one), with padding
+    or without, trace the same code."""
+    token = _FULL_MASKS.set(True)
+    try:
+        yield
+    finally:
+        _FULL_MASKS.reset(token)
+
+
+def pdspace_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """SDPA's mask (`sdpa_mask`), built in full under `full_masks`."""
+    if not _FULL_MASKS.get():
+        return sdpa_mask(*args, **kwargs)
+    kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+    # a tensor of its own, contiguous: an expanded mask's strides (0 where it is broadcast) and a view's base are
+    # guards of their own
+    return sdpa_mask(*args, **kwargs).clone(memory_format=torch.contiguous_format)
+
+
 def register_attention() -> str:
     """Register the pdspace attention (and its mask format, SDPA's) with transformers; idempotent."""
     AttentionInterface.register(ATTN_IMPLEMENTATION, pdspace_attention)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, pdspace_mask)
     return ATTN_IMPLEMENTATION
 
 
