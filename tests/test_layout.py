@@ -110,14 +110,20 @@ def test_the_job_shell_and_the_design_layer_import_upward_nothing():
 
 
 def test_the_tasks_and_metrics_import_without_the_data_module():
-    """`import pdspace.report` (pdspace-report) and `pdspace.data.tasks` pay neither for Lightning nor for `datasets`,
-    which `pdspace.data` re-exports through its data module; the re-exports still work, on first use."""
+    """`import pdspace.report` (pdspace-report), `pdspace.data.tasks` and a study (`pdspace.search.study`: the
+    sweeper, a replay) pay neither for Lightning nor for `datasets`, which `pdspace.data` re-exports through its data
+    module; `pdspace.design` pays for no torch (the package's own names load on first use). The re-exports still
+    work, on first use."""
     import subprocess
     import sys
 
-    code = ("import sys, pdspace.report, pdspace.data.tasks; "
-            "print(sorted(m for m in ('pdspace.data.datamodule', 'lightning', 'datasets') if m in sys.modules))")
+    heavy = "('pdspace.data.datamodule', 'lightning', 'datasets', 'torch')"
+    code = ("import sys; import pdspace.design; from pdspace import Design, DesignSpace; "
+            f"print(sorted(m for m in {heavy} if m in sys.modules)); "
+            "import pdspace.report, pdspace.data.tasks, pdspace.search.study; "
+            f"print(sorted(m for m in {heavy} if m in sys.modules)); "
+            "from pdspace import apply_design, save_pretrained; import pdspace; assert 'merge_lora' in dir(pdspace)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.split("\n")[:2] == ["[]", "['torch']"]
     code = "from pdspace.data import PDSpaceDataModule, get_task; import pdspace.data as d; assert 'load_rows' in dir(d)"
     subprocess.run([sys.executable, "-c", code], check=True)

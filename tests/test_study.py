@@ -266,6 +266,47 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path):
     assert [r["status"] for r in results.read_all(results.sweep_paths(sweep))[0]] == ["completed"] * 5
 
 
+_WORKER = """
+import sys
+from pdspace.design.space import DesignSpace
+from pdspace.search.study import Pruned, TrialJob, study_spec
+
+spec = study_spec({"name": "S0", "search": "tpe", "pruner": "successive_halving", "trials": 12, "startup_trials": 2},
+                  sys.argv[1], "sst2", 3)
+for _ in range(6):
+    job = TrialJob(spec, int(sys.argv[2]), None)
+    design = job.ask(DesignSpace(6, 4), lambda d: None)
+    value = (hash(str(design)) % 1000) / 1000
+    try:
+        for step in (1, 2, 3):
+            job.report(step, value)
+        job.tell("completed", [value])
+    except Pruned:
+        job.tell("pruned")
+"""
+
+
+def test_two_processes_ask_and_tell_on_one_sqlite_study_at_once(tmp_path):
+    """A joblib sweep's default storage: one SQLite file that two worker processes write at once (asking, reporting
+    every evaluation, telling). Every trial number is taken once and ends complete or pruned: SQLite's lock is waited
+    for, never a 'database is locked' failure. (The same through Hydra's joblib launcher and real training is the
+    PostgreSQL test below, and the slow SQLite one.)"""
+    spec = study_spec({"name": "S0", "search": "tpe", "pruner": "successive_halving", "trials": 12}, tmp_path,
+                      "sst2", 3)
+    open_study(spec, create=True)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(slot)], env=ENV,
+                              stderr=subprocess.PIPE, text=True) for slot in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    study = open_study(spec)
+    assert sorted(t.number for t in study.trials) == list(range(12))
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert sorted(t.user_attrs["slot"] for t in study.trials) == [0] * 6 + [1] * 6
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+
+
+@pytest.mark.slow  # ~25 s in CI: the two-process SQLite case is the test above, the launcher's the PostgreSQL one
 def test_two_joblib_workers_share_one_sqlite_study(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "pdspace.train", "-m", "hydra/launcher=joblib",

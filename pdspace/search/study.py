@@ -21,13 +21,13 @@ learning rate and the scale of each strategy letter the design uses are paramete
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import optuna
 
 from pdspace.config import ConfigError, plain
@@ -366,7 +366,7 @@ class TrialJob:
 
     def callback(self, objective: str) -> Any:
         """A Lightning callback that reports each evaluation and raises `Pruned` when told to."""
-        return _Reporter(self, objective)
+        return _reporter_class()(self, objective)
 
     def report(self, step: int, value: float) -> None:
         """Report the objective after evaluation `step` (1, 2, ...); raise `Pruned` if the pruner says so."""
@@ -389,25 +389,33 @@ class TrialJob:
             self.study.tell(self.trial, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
 
 
-class _Reporter(L.Callback):
-    """Reports the objective of every evaluation to the trial (the resumed history first)."""
+@functools.cache
+def _reporter_class() -> type:
+    """The Lightning callback class (made on first use: a study, a replay or the sweeper asks and tells without
+    importing Lightning)."""
+    import lightning as L
 
-    def __init__(self, job: TrialJob, objective: str) -> None:
-        self.job, self.objective = job, objective
-        self.reported = 0
+    class _Reporter(L.Callback):
+        """Reports the objective of every evaluation to the trial (the resumed history first)."""
 
-    def _flush(self, module: Any) -> None:
-        history = getattr(module, "history", [])
-        while self.reported < len(history):
-            self.reported += 1
-            self.job.report(self.reported, float(history[self.reported - 1][self.objective]))
+        def __init__(self, job: TrialJob, objective: str) -> None:
+            self.job, self.objective = job, objective
+            self.reported = 0
 
-    def on_train_start(self, trainer: Any, module: Any) -> None:
-        self._flush(module)  # a resumed run: its earlier evaluations go to the retried trial
+        def _flush(self, module: Any) -> None:
+            history = getattr(module, "history", [])
+            while self.reported < len(history):
+                self.reported += 1
+                self.job.report(self.reported, float(history[self.reported - 1][self.objective]))
 
-    def on_validation_end(self, trainer: Any, module: Any) -> None:
-        if not trainer.sanity_checking:
-            self._flush(module)
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            self._flush(module)  # a resumed run: its earlier evaluations go to the retried trial
+
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            if not trainer.sanity_checking:
+                self._flush(module)
+
+    return _Reporter
 
 
 def job_for(cfg: Any, sweep_dir: Path, prior: Mapping[str, Any] | None) -> TrialJob | None:
