@@ -14,7 +14,7 @@ does not pay for torch and transformers, which only the patching and export name
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pdspace.version import __version__
 
@@ -26,26 +26,7 @@ _HOMES = {
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = [
-    "__version__", "BudgetError", "Design", "DesignSpace", "MergeReport", "PatchReport", "apply_design", "export_peft",
-    "from_pretrained", "load_trainable_state_dict", "merge", "merge_lora", "named_design", "save_pretrained",
-    "trainable_state_dict", "unmerge", "unmerge_lora",
-]
-
-if TYPE_CHECKING:
-    from pdspace.design import BudgetError, Design, DesignSpace, named_design
-    from pdspace.export import export_peft, from_pretrained, save_pretrained
-    from pdspace.peft import (
-        MergeReport,
-        PatchReport,
-        apply_design,
-        load_trainable_state_dict,
-        merge,
-        merge_lora,
-        trainable_state_dict,
-        unmerge,
-        unmerge_lora,
-    )
+__all__ = ["__version__", *_HOME]
 
 
 def __getattr__(name: str) -> Any:
