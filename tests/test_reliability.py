@@ -199,12 +199,12 @@ def test_two_identical_sweeps_into_one_dir_train_each_job_once(tmp_path):
 # --------------------------------------------------------------------------- runs you can find
 
 
-def test_a_run_ends_with_its_dir_and_result_path(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pdspace.train", *FAST, "logger=csv", f"hydra.run.dir={tmp_path}"],
-                          env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = [line for line in (proc.stdout + proc.stderr).splitlines() if "pdspace" in line][-1]
-    assert f"completed: run dir {tmp_path}; result {tmp_path / 'result.json'}" in last
+def test_a_run_ends_with_its_dir_and_result_path(launch, tmp_path, capfd):
+    launch(*FAST, logger="csv")
+    out = capfd.readouterr()
+    last = [line for line in (out.out + out.err).splitlines() if "pdspace" in line][-1]
+    run = tmp_path / "run"
+    assert f"completed: run dir {run}; result {run / 'result.json'}" in last
 
 
 def test_wandb_runs_are_named_by_design_and_seed_and_keep_the_config_of_a_failed_job(launch, monkeypatch, tmp_path):
