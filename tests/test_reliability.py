@@ -183,7 +183,7 @@ def test_an_interrupted_run_says_interrupted_and_resumes(tmp_path, name, how):
 def test_two_identical_sweeps_into_one_dir_train_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "pdspace.train", "-m", "space=S0", "space.num_samples=4",
-           "space.tasks=[synthetic_cls]", *FAST, "task.max_train_samples=256", "logger=none", "callbacks=none",
+           "space.tasks=[synthetic_cls]", *FAST, "task.max_train_samples=64", "logger=none", "callbacks=none",
            f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path}/cache"]
     procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
