@@ -155,7 +155,10 @@ def test_wandb_offline_runs_are_finished_even_on_failure(launch, monkeypatch, tm
 ])
 def test_bad_input_ends_with_one_clear_error_line(launch, monkeypatch, capfd, args, env, message):
     for key, value in env.items():
-        monkeypatch.delenv(key, raising=False) if value is None else monkeypatch.setenv(key, value)
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as exit_:
         launch(*args)
     text = str(exit_.value.code)
