@@ -16,7 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pdspace.design import registry as _registry
 from pdspace.version import __version__
+
+# the shipped strategies register when a design is first read (`pdspace.peft.strategies` imports torch)
+_registry.load_shipped_with(lambda: importlib.import_module("pdspace.peft.strategies"))
 
 _HOMES = {
     "pdspace.design": ("BudgetError", "Design", "DesignSpace", "named_design"),

@@ -126,6 +126,19 @@ def test_unreadable_result_is_skipped(sweep):
     assert "1 unreadable result files" in (sweep.path / "refine_report.md").read_text()
 
 
+def test_a_fresh_process_refines_a_sweep_knowing_the_shipped_strategies(sweep):
+    """`pdspace-refine` imports no strategy module: the registry's first read registers the shipped ones."""
+    import subprocess
+    import sys
+
+    sweep.add(0.4).add(0.5, groups=(2, 2, 1, 1))
+    code = ("import sys; from pdspace.design.registry import strategies; print(''.join(strategies())); "
+            f"from pdspace.search.refine import main; sys.exit(main([{str(sweep.path)!r}, '--dimension', 'grouping']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == "APBLI" and "\nwinner: " in run.stdout
+
+
 def test_grouping_from_labels_or_design():
     spindle = Design([1, 2, 2, 1], "uniform", None, S4).to_dict()
     assert option_of({"design": spindle, "labels": {"grouping": "spindle"}}, "grouping") == "spindle"

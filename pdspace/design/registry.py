@@ -30,12 +30,33 @@ S = TypeVar("S", bound=StrategyInfo)
 
 _REGISTRY: dict[str, StrategyInfo] = {}
 _LISTENERS: list[Callable[[], None]] = []
+_shipped: Callable[[], object] | None = None  # registers the shipped strategies (`load_shipped_with`), called once
+
+
+def load_shipped_with(load: Callable[[], object]) -> None:
+    """Have the registry call `load()` (which registers the shipped strategies) once, when it is first read or
+    written: a process that only reads designs (`pdspace-refine`, a notebook) then knows A, P, B, L and I, and this
+    torch-free module needs no import of the peft layer. `pdspace/__init__.py` sets it."""
+    global _shipped
+    _shipped = load
+
+
+def _load_shipped() -> None:
+    global _shipped
+    load, _shipped = _shipped, None  # first, so that the strategies' own `register` calls do not load again
+    if load is not None:
+        try:
+            load()
+        except BaseException:
+            _shipped = load
+            raise
 
 
 def register(info: S) -> S:
     """Make a strategy known to designs, spaces, the solver and the config (re-registering the same letter and
     name replaces it); returns it. Raises ValueError for a letter that is not one of A-Z, a taken letter, or a
     name or size name another strategy has."""
+    _load_shipped()  # a plug-in's letter is checked against the shipped ones
     letter = info.letter
     if len(letter) != 1 or not ("A" <= letter <= "Z"):
         raise ValueError(f"strategy letter {letter!r} must be one upper-case letter A-Z")
@@ -53,6 +74,7 @@ def register(info: S) -> S:
 
 def unregister(letter: str) -> None:
     """Forget the strategy registered as `letter` (a plug-in tried out for a while); KeyError if there is none."""
+    _load_shipped()
     if letter not in _REGISTRY:
         raise KeyError(f"no strategy is registered as {letter!r}; registered: {', '.join(strategies())}")
     del _REGISTRY[letter]
@@ -61,6 +83,7 @@ def unregister(letter: str) -> None:
 
 def strategies() -> dict[str, StrategyInfo]:
     """Registered strategies by letter, in canonical order: A, P, B, L, then the others as registered."""
+    _load_shipped()
     order = {ch: i for i, ch in enumerate(STRATEGY_LETTERS)}
     letters = sorted(_REGISTRY, key=lambda ch: (order.get(ch, len(order)), list(_REGISTRY).index(ch)))
     return {ch: _REGISTRY[ch] for ch in letters}
