@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 
@@ -22,6 +25,19 @@ class PDSpaceError(Exception):
 def exit_error(prog: str, message: object) -> NoReturn:
     """Exit 1 with `<prog>: error: <message>` on stderr."""
     sys.exit(f"{prog}: error: {message}")
+
+
+@contextmanager
+def warning_lines(prog: str) -> Iterator[None]:
+    """The body's warnings (every one, repeats included) as one `<prog>: warning: <message>` line each on stderr,
+    printed when it ends (also when it raises), not with the source line Python adds."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"{prog}: warning: {w.message}", file=sys.stderr)
 
 
 def exit_interrupted(prog: str, signum: int, message: str | None = None) -> NoReturn:

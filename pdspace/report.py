@@ -24,7 +24,6 @@ import io
 import math
 import statistics
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 from pdspace import results as results_io
 from pdspace import stats
 from pdspace.data.tasks import DataError, get_task, task_spec
-from pdspace.errors import exit_error
+from pdspace.errors import exit_error, warning_lines
 from pdspace.results import RESULT_FILE
 from pdspace.search.ordering import rank_key
 from pdspace.tracking import log_report
@@ -391,7 +390,7 @@ def footnotes(report: Report) -> list[str]:
         notes.append(f"Excluded: {parts} of {report.n_files} runs (not completed).")
     if report.unreadable:
         notes.append(f"Unreadable: {len(report.unreadable)} result files ("
-                     + "; ".join(f"{p}: {why}" for p, why in report.unreadable[:5]) + ").")
+                     + "; ".join(why for _, why in report.unreadable[:5]) + ").")  # each `why` starts with its path
     return notes
 
 
@@ -452,9 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="also write report.md and report.csv into this dir")
     parser.add_argument("--wandb", action="store_true", help="also log the table to a W&B run")
     args = parser.parse_args(argv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    try:
+        with warning_lines("pdspace-report"):
             paths = find_results(args.run_dirs)
             if not paths:
                 raise FileNotFoundError(f"no {RESULT_FILE} found under {', '.join(args.run_dirs)}")
@@ -464,14 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.method_key and all(lookup(r, args.method_key) is None for r in results):
                 raise LookupError(f"--method-key {args.method_key}: no {RESULT_FILE} has this key; name one they "
                                   "have, e.g. --method-key design_id")
-            report, error = build(results, args.method_key, unreadable,
-                                  paths=[r.get("_path") for r in results]), None
-        except (OSError, LookupError) as e:
-            error = e
-    for w in caught:
-        print(f"pdspace-report: warning: {w.message}", file=sys.stderr)
-    if error is not None:
-        exit_error("pdspace-report", error)
+            report = build(results, args.method_key, unreadable, paths=[r.get("_path") for r in results])
+    except (OSError, LookupError) as e:
+        exit_error("pdspace-report", e)
     markdown = to_markdown(report)
     print(markdown, end="")
     if args.out:
@@ -480,11 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "report.md").write_text(markdown)
         (out / "report.csv").write_text(to_csv(report))
     if args.wandb:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warning_lines("pdspace-report"):
             log_wandb(report)
-        for w in caught:
-            print(f"pdspace-report: warning: {w.message}", file=sys.stderr)
     return 0
 
 

@@ -126,6 +126,18 @@ def test_unreadable_result_is_skipped(sweep):
     assert "1 unreadable result files" in (sweep.path / "refine_report.md").read_text()
 
 
+def test_the_console_script_says_each_unreadable_result_in_one_warning_line(sweep, capsys):
+    sweep.add(0.4).add(0.5, groups=(2, 2, 1, 1))
+    for name in ("8", "9"):
+        (sweep.path / name).mkdir()
+        (sweep.path / name / "result.json").write_text("{half")
+    main([str(sweep.path), "--dimension", "grouping"])
+    err = capsys.readouterr().err.splitlines()
+    why = "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    assert sorted(err) == [f"pdspace-refine: warning: unreadable result file {sweep.path / n / 'result.json'}: {why}"
+                           for n in ("8", "9")]
+
+
 def test_a_fresh_process_refines_a_sweep_knowing_the_shipped_strategies(sweep):
     """`pdspace-refine` imports no strategy module: the registry's first read registers the shipped ones."""
     import subprocess
@@ -137,6 +149,18 @@ def test_a_fresh_process_refines_a_sweep_knowing_the_shipped_strategies(sweep):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == "APBLI" and "\nwinner: " in run.stdout
+
+
+def test_warning_lines_prints_every_warning_once_a_line_also_when_the_body_raises(capsys):
+    import warnings
+
+    from pdspace.errors import warning_lines
+
+    with pytest.raises(OSError, match="disk"), warning_lines("pdspace-x"):
+        for _ in range(2):
+            warnings.warn("same words", stacklevel=1)
+        raise OSError("disk")
+    assert capsys.readouterr().err == "pdspace-x: warning: same words\n" * 2
 
 
 def test_grouping_from_labels_or_design():

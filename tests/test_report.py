@@ -207,6 +207,16 @@ def test_report_table_markdown_and_csv(runs, tmp_path, capsys):
     assert (tmp_path / "out" / "report.csv").read_text() == EXPECTED_CSV
 
 
+def test_an_unreadable_result_file_is_named_once_in_the_footnote(runs, capsys):
+    bad = runs / "broken" / "result.json"
+    bad.parent.mkdir()
+    bad.write_text("{half")
+    assert report.main([str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert (f"Unreadable: 1 result files ({bad}: JSONDecodeError: Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)).") in out.splitlines()
+
+
 def test_report_method_key_and_a_single_result_file(runs, capsys):
     report.main([str(runs / "adapter" / "rte"), str(runs / "full" / "sst2" / "result.json"), "--method-key", "seed"])
     lines = capsys.readouterr().out.splitlines()

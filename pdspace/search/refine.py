@@ -26,7 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from pdspace.errors import exit_error
+from pdspace.errors import exit_error, warning_lines
 from pdspace.search.analysis import RULES, Analysis, analyse, load_results
 from pdspace.search.narrowing import narrowed_space, sweep_space, write_narrowed
 from pdspace.search.refine_report import format_table, log_wandb, report
@@ -44,8 +44,8 @@ def refine(sweep_dir: str | Path, dimension: str, *, space_file: str | Path | No
     """
     sweep = Path(sweep_dir)
     found, unreadable = load_results(sweep)
-    for path, why in unreadable:
-        warnings.warn(f"unreadable result file {path}: {why}", stacklevel=2)
+    for _, why in unreadable:
+        warnings.warn(f"unreadable result file {why}", stacklevel=2)  # `why` starts with the path
     analysis = analyse(found, dimension, rule=rule, unreadable=unreadable)
     if space_file is not None:
         loaded = OmegaConf.to_container(OmegaConf.load(space_file), resolve=True)
@@ -89,17 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script `pdspace-refine`: bad input exits 1 with one error line (a malformed command line: 2)."""
     args = _parser().parse_args(argv)
     # warnings (a skipped result.json) as one line each, not with the source line Python adds
-    with warnings.catch_warnings(record=True) as caught:
-        try:
-            analysis, error = refine(args.sweep_dir, args.dimension, space_file=args.space_file,
-                                     config_dir=args.config_dir, name=args.name, rule=args.rule,
-                                     wandb=args.wandb), None
-        except (OSError, ValueError) as e:
-            error = e
-    for w in caught:
-        print(f"pdspace-refine: warning: {w.message}", file=sys.stderr)
-    if error is not None:
-        exit_error("pdspace-refine", error)
+    try:
+        with warning_lines("pdspace-refine"):
+            analysis = refine(args.sweep_dir, args.dimension, space_file=args.space_file, config_dir=args.config_dir,
+                              name=args.name, rule=args.rule, wandb=args.wandb)
+    except (OSError, ValueError) as e:
+        exit_error("pdspace-refine", e)
     print(format_table(analysis))
     print(f"\nwinner: {analysis.winner}" + (f" ({analysis.note})" if analysis.note else ""))
     print(f"rule: {analysis.rule}")
