@@ -88,6 +88,22 @@ def paired_t(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Pai
     return PairedT(n, mean, std, t, p, mean - half, mean + half)
 
 
+def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(t, p) of Welch's two-sided t-test of mean(a) against mean(b) (unequal variances), at least two values each.
+
+    Where both samples have zero spread (to rounding) scipy gives nan; here, as in `paired_t`, equal means give
+    t = 0, p = 1 and unequal ones t = ±inf, p = 0. Elsewhere t and p are scipy's `ttest_ind(equal_var=False)`."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"welch_t: a and b must be 1-D with at least two values each, got {len(a)} and {len(b)}")
+    diff = float(a.mean() - b.mean())
+    tol = 1e-12 * max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+    if np.ptp(a) <= tol and np.ptp(b) <= tol:
+        return (0.0, 1.0) if abs(diff) <= tol else (math.copysign(math.inf, diff), 0.0)
+    t, p = sps.ttest_ind(a, b, equal_var=False)
+    return float(t), float(p)
+
+
 def bootstrap_mean_ci(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the mean of `diffs` (None below two values)."""

@@ -163,6 +163,64 @@ def test_warning_lines_prints_every_warning_once_a_line_also_when_the_body_raise
     assert capsys.readouterr().err == "pdspace-x: warning: same words\n" * 2
 
 
+VARIANTS = [S4, ["L", "L", "L", "L"], ["A", "A", "A", "A"]]  # three base samples of a controlled sweep
+
+
+def test_the_winner_is_tested_against_the_runner_up_over_pairs_of_one_sample(sweep, capsys):
+    from scipy import stats as sps
+
+    uniform, decreasing = [0.80, 0.70, 0.75], [0.78, 0.69, 0.70]
+    for strategies, u, d in zip(VARIANTS, uniform, decreasing):  # each sample expanded over two groupings
+        sweep.add(u, groups=(1, 2, 2, 1), strategies=strategies, labels={"grouping": "uniform"})
+        sweep.add(d, groups=(2, 2, 1, 1), strategies=strategies, labels={"grouping": "decreasing"})
+    sweep.add(0.5, groups=(1, 1, 2, 2), labels={"grouping": "increasing"})  # a third option, last
+    a = analyse(load_results(sweep.path)[0], "grouping")
+    assert (a.winner, a.test.against, a.test.test, a.test.n) == ("uniform", "decreasing", "paired t", 3)
+    ref = sps.ttest_rel(uniform, decreasing)
+    assert a.test.diff == pytest.approx(0.08 / 3) and a.test.p == pytest.approx(ref.pvalue)
+    main([str(sweep.path), "--dimension", "grouping"])
+    out = capsys.readouterr().out
+    assert (f"test: against decreasing (runner-up): +0.0267 over 3 pairs of runs that differ only in grouping, "
+            f"paired t-test p = {ref.pvalue:.3f}, not significant at 0.05 (the data do not separate them)") in out
+    assert "Test: against decreasing (runner-up): +0.0267" in (sweep.path / "refine_report.md").read_text()
+    assert json.loads((sweep.path / "refine_report.json").read_text())["test"]["p"] == pytest.approx(ref.pvalue)
+
+
+def test_unpaired_runs_get_welchs_test_and_too_few_get_none(sweep):
+    from scipy import stats as sps
+
+    uniform, decreasing = [0.80, 0.70, 0.75], [0.60, 0.65]
+    for strategies, v in zip(VARIANTS, uniform):
+        sweep.add(v, groups=(1, 2, 2, 1), strategies=strategies, labels={"grouping": "uniform"})
+    for v in decreasing:  # samples of their own: nothing pairs with the uniform runs
+        sweep.add(v, groups=(2, 2, 1, 1), strategies=["B", "B", "B", "B"], labels={"grouping": "decreasing"})
+    a = analyse(load_results(sweep.path)[0], "grouping")
+    assert (a.test.test, a.test.n) == ("Welch t", 5)
+    assert a.test.p == pytest.approx(sps.ttest_ind(uniform, decreasing, equal_var=False).pvalue)
+    assert "significant at 0.05" in a.test.line("grouping") and "not" not in a.test.line("grouping")
+    one = Sweep(sweep.path.parent / "one")
+    one.add(0.8, labels={"grouping": "uniform"}).add(0.7, strategies=["B", "B", "B", "B"],
+                                                     labels={"grouping": "decreasing"})
+    t = analyse(load_results(one.path)[0], "grouping").test
+    assert (t.test, t.p) == ("none", None) and "no test (0 pairs of runs" in t.line("grouping")
+    alone = Sweep(sweep.path.parent / "alone")
+    assert analyse(load_results(alone.add(0.8).path)[0], "grouping").test.why == "no other option has completed results"
+
+
+def test_welch_t_is_scipys_and_decides_zero_spread_as_paired_t_does():
+    from scipy import stats as sps
+
+    from pdspace.stats import welch_t
+
+    a, b = [0.1, 0.4, 0.35, 0.2], [0.3, 0.5, 0.45]
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    assert welch_t(a, b) == pytest.approx((ref.statistic, ref.pvalue))
+    assert welch_t([0.5, 0.5], [0.5, 0.5]) == (0.0, 1.0)
+    assert welch_t([0.6, 0.6], [0.5, 0.5]) == (math.inf, 0.0)
+    with pytest.raises(ValueError, match="at least two values each"):
+        welch_t([0.5], [0.5, 0.6])
+
+
 def test_grouping_from_labels_or_design():
     spindle = Design([1, 2, 2, 1], "uniform", None, S4).to_dict()
     assert option_of({"design": spindle, "labels": {"grouping": "spindle"}}, "grouping") == "spindle"
@@ -211,7 +269,8 @@ def test_space_file_round_trips_with_provenance(sweep, tmp_path):
     assert text.startswith("# @package _global_\n")
     for line in (f"# source sweep: {sweep.path.resolve()}", "# dimension: allocation", "# metric: accuracy",
                  "# winner: decreasing", "# results: 3 (2 completed, 1 failed)", "# rule: mean: highest mean",
-                 "# date: "):
+                 "# test: against uniform: no test (1 pair of runs that differ only in the dimension, 2 needed, and "
+                 "not two runs each on one task)", "# date: "):
         assert line in text
     loaded = OmegaConf.to_container(OmegaConf.load(path))
     assert loaded["space"] == {**SPACE, "name": "S0_allocation", "allocation": "decreasing", "controlled": None}

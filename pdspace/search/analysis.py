@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pdspace import results as results_io
+from pdspace import stats as tests
 from pdspace.design.space import DEFAULT_NUM_GROUPS, Design, grouping_matches, normalize_strategies, parse_dimension
 from pdspace.results import finite
 from pdspace.search.ordering import rank_key
@@ -53,6 +54,32 @@ class OptionStats:
 
 
 @dataclass
+class WinnerTest:
+    """The winner against the runner-up (the next option by the rule). Paired t-test over the runs that differ only
+    in the studied dimension (a controlled sweep's jobs of one sample: same task, seed, backbone and other
+    dimensions), where there are two such pairs or more; else Welch's t-test over the two options' runs on their one
+    task, at least two each; else none (`why`). `diff`: winner minus runner-up (the mean pair difference, or the
+    difference of the means); `n`: the pairs, or the runs of both options."""
+
+    against: str
+    test: str  # "paired t", "Welch t" or "none"
+    n: int
+    diff: float | None = None
+    p: float | None = None
+    why: str = ""
+
+    def line(self, dimension: str) -> str:
+        """One line for the console and the report."""
+        if self.p is None or self.diff is None:
+            return f"against {self.against or '-'}: no test ({self.why})"
+        what = (f"{self.n} pairs of runs that differ only in {dimension}" if self.test == "paired t"
+                else f"{self.n} runs, unpaired")
+        verdict = "significant at 0.05" if self.p < 0.05 else "not significant at 0.05 (the data do not separate them)"
+        p = f"{self.p:.3f}" if self.p >= 0.001 else f"{self.p:.1e}"
+        return f"against {self.against} (runner-up): {self.diff:+.4f} over {what}, {self.test}-test p = {p}, {verdict}"
+
+
+@dataclass
 class Analysis:
     """A dimension's options compared over one sweep, ranked best first, and the winner."""
 
@@ -72,6 +99,7 @@ class Analysis:
     # result files that could not be read (path -> why), and runs stopped early by a pruner (neither failed nor done)
     unreadable: dict[str, str] = field(default_factory=dict)
     n_pruned: int = 0
+    test: WinnerTest | None = None  # the winner against the runner-up
 
     def option(self, name: str) -> OptionStats:
         """The stats of option `name`."""
@@ -130,6 +158,50 @@ def _best_of(points: list[tuple[str, str, float]], options: list[str], bootstrap
     return freq / len(tasks)
 
 
+def _pair_key(result: Mapping[str, Any], dimension: str) -> tuple[Any, ...] | None:
+    """What the runs of one controlled sample share beyond `dimension`: task, seed, backbone and the design's other
+    dimensions. None for `tunable` (its options change which groups carry strategies) and without a design."""
+    kind, k = parse_dimension(dimension)
+    try:
+        d = Design.from_dict(result["design"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    rest: tuple[Any, ...]
+    if kind == "grouping":
+        rest = (d.allocation, d.tunable, d.strategies)
+    elif kind == "allocation":
+        rest = (d.groups, d.tunable, d.strategies)
+    elif kind == "strategy":
+        rest = (d.groups, d.allocation, d.tunable, d.strategies[:k - 1] + d.strategies[k:])
+    else:
+        return None
+    return (result.get("task"), result.get("seed"), result.get("backbone"), *rest)
+
+
+def _winner_test(points: list[tuple[str, str, float]], keys: list[tuple[Any, ...] | None], winner: str,
+                 against: str | None) -> WinnerTest:
+    """`WinnerTest` of `winner` against `against` over the completed runs (`points`, with their `_pair_key`s)."""
+    if against is None:
+        return WinnerTest("", "none", 0, why="no other option has completed results")
+    seen: dict[str, dict[Any, float]] = {winner: {}, against: {}}
+    twice = set()  # a key an option has more than once pairs nothing
+    for (_, option, value), key in zip(points, keys):
+        if option in seen and key is not None:
+            if key in seen[option]:
+                twice.add(key)
+            seen[option][key] = value
+    shared = [k for k in seen[winner] if k in seen[against] and k not in twice]
+    if len(shared) >= 2:
+        t = tests.paired_t([seen[winner][k] for k in shared], [seen[against][k] for k in shared])
+        return WinnerTest(against, "paired t", t.n, t.mean_diff, t.p)
+    a, b = ([v for _, o, v in points if o == name] for name in (winner, against))
+    if len({t for t, o, _ in points if o in (winner, against)}) == 1 and len(a) >= 2 and len(b) >= 2:
+        return WinnerTest(against, "Welch t", len(a) + len(b), float(np.mean(a) - np.mean(b)), tests.welch_t(a, b)[1])
+    n = len(shared)
+    return WinnerTest(against, "none", n, why=f"{n} pair{'' if n == 1 else 's'} of runs that differ only in the "
+                      "dimension, 2 needed, and not two runs each on one task")
+
+
 def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str = "mean", bootstrap: int = 1000,
             seed: int = 0, unreadable: Sequence[tuple[str, str]] = ()) -> Analysis:
     """Compare the options of `dimension` over a sweep's results and pick the winner by `rule` (see RULES)."""
@@ -137,6 +209,7 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
     points: list[tuple[str, str, float]] = []
+    keys: list[tuple[Any, ...] | None] = []  # each point's `_pair_key`
     failed: dict[str, int] = {}
     metrics: set[str] = set()
     pruned = 0
@@ -155,6 +228,7 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
             failed[option] += 1
             continue
         points.append((str(r.get("task") or "-"), option, value))
+        keys.append(_pair_key(r, dimension))
         metrics.add(str((r.get("objective") or {}).get("name") or "objective"))
     if not points:
         raise ValueError(f"the sweep has no completed results with a finite objective ({len(results)} results read)")
@@ -185,4 +259,5 @@ def analyse(results: Sequence[Mapping[str, Any]], dimension: str, *, rule: str =
     n_failed = sum(failed.values())
     return Analysis(dimension, winner, f"{rule}: {RULES[rule]}", sorted(metrics), sorted({t for t, _, _ in points}),
                     len(points) + n_failed, len(points), n_failed, stats, note, bootstrap, seed,
-                    unreadable=dict(unreadable), n_pruned=pruned)
+                    unreadable=dict(unreadable), n_pruned=pruned,
+                    test=_winner_test(points, keys, winner, eligible[1].option if len(eligible) > 1 else None))

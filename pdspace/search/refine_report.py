@@ -77,10 +77,11 @@ def report(analysis: Analysis, sweep_dir: str | Path) -> dict[str, Path]:
           f"resamples (seed {a.seed}).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *("| " + " | ".join(r) + " |" for r in rows), "",
-          f"**Winner: {a.winner}**" + (f" ({a.note})" if a.note else ""), "", f"Rule: {a.rule}.", ""]
+          f"**Winner: {a.winner}**" + (f" ({a.note})" if a.note else ""), "",
+          *([f"Test: {a.test.line(a.dimension)}.", ""] if a.test else []), f"Rule: {a.rule}.", ""]
     if a.unreadable:
         md += ["Unreadable result files (not counted above):", "",
-               *(f"- `{p}`: {why}" for p, why in a.unreadable.items()), ""]
+               *(f"- `{p}`: {why.removeprefix(f'{p}: ')}" for p, why in a.unreadable.items()), ""]
     if "space" in a.files:
         md += [f"Narrowed space: `{a.files['space']}`", ""]
     md += [f"![EDF of errors]({paths['edf'].name})", "", f"![{a.dimension} box plot]({paths['box'].name})", ""]
