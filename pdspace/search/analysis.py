@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from pdspace import results as results_io
-from pdspace import stats as tests
 from pdspace.design.space import DEFAULT_NUM_GROUPS, Design, grouping_matches, normalize_strategies, parse_dimension
 from pdspace.results import finite
 from pdspace.search.ordering import rank_key
+from pdspace.stats import paired_t, welch_t
 
 # uniform first: [1, 2, 2, 1] on 6 layers is as even as it gets, whatever else it also matches
 DERIVED_GROUPINGS = ("uniform", "increasing", "decreasing", "spindle", "bottleneck")
@@ -192,11 +192,11 @@ def _winner_test(points: list[tuple[str, str, float]], keys: list[tuple[Any, ...
             seen[option][key] = value
     shared = [k for k in seen[winner] if k in seen[against] and k not in twice]
     if len(shared) >= 2:
-        t = tests.paired_t([seen[winner][k] for k in shared], [seen[against][k] for k in shared])
-        return WinnerTest(against, "paired t", t.n, t.mean_diff, t.p)
+        pt = paired_t([seen[winner][k] for k in shared], [seen[against][k] for k in shared])
+        return WinnerTest(against, "paired t", pt.n, pt.mean_diff, pt.p)
     a, b = ([v for _, o, v in points if o == name] for name in (winner, against))
-    if len({t for t, o, _ in points if o in (winner, against)}) == 1 and len(a) >= 2 and len(b) >= 2:
-        return WinnerTest(against, "Welch t", len(a) + len(b), float(np.mean(a) - np.mean(b)), tests.welch_t(a, b)[1])
+    if len({task for task, o, _ in points if o in (winner, against)}) == 1 and len(a) >= 2 and len(b) >= 2:
+        return WinnerTest(against, "Welch t", len(a) + len(b), float(np.mean(a) - np.mean(b)), welch_t(a, b)[1])
     n = len(shared)
     return WinnerTest(against, "none", n, why=f"{n} pair{'' if n == 1 else 's'} of runs that differ only in the "
                       "dimension, 2 needed, and not two runs each on one task")
