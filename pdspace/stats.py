@@ -59,6 +59,11 @@ class Bootstrap:
     n_examples: int
 
 
+def _rounding(a: np.ndarray, b: np.ndarray) -> float:
+    """What counts as zero (a spread, a difference) for values of the size of `a` and `b`."""
+    return 1e-12 * max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+
+
 def paired_t(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedT:
     """Paired t-test of a - b over positions (seeds); p and CI are None below two pairs.
 
@@ -75,7 +80,7 @@ def paired_t(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Pai
     if n < 2:
         return PairedT(n, float(d[0]) if n else None, None, None, None, None, None)
     mean, std = float(d.mean()), float(d.std(ddof=1))
-    tol = 1e-12 * max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+    tol = _rounding(a, b)
     if np.ptp(d) <= tol:
         # zero spread (to rounding): decided as the limit of ever smaller spreads would decide it
         if abs(mean) <= tol:
@@ -97,7 +102,7 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
         raise ValueError(f"welch_t: a and b must be 1-D with at least two values each, got {len(a)} and {len(b)}")
     diff = float(a.mean() - b.mean())
-    tol = 1e-12 * max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+    tol = _rounding(a, b)
     if np.ptp(a) <= tol and np.ptp(b) <= tol:
         return (0.0, 1.0) if abs(diff) <= tol else (math.copysign(math.inf, diff), 0.0)
     t, p = sps.ttest_ind(a, b, equal_var=False)
