@@ -101,6 +101,10 @@ class Analysis:
     n_pruned: int = 0
     test: WinnerTest | None = None  # the winner against the runner-up
 
+    def test_line(self) -> str:
+        """The winner's test against the runner-up in one line ('' where there is none)."""
+        return self.test.line(self.dimension) if self.test else ""
+
     def option(self, name: str) -> OptionStats:
         """The stats of option `name`."""
         return next(o for o in self.options if o.option == name)

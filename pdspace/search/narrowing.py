@@ -97,5 +97,5 @@ def write_narrowed(narrowed: Mapping[str, Any], target: Path, analysis: Analysis
         "metric": ", ".join(analysis.metrics), "rule": analysis.rule,
         "results": f"{analysis.n_results} ({analysis.n_completed} completed, {analysis.n_failed} failed)",
         "winner": analysis.winner,
-        **({"test": analysis.test.line(dimension)} if analysis.test else {}),
+        **({"test": analysis.test_line()} if analysis.test else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")})

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(analysis))
     print(f"\nwinner: {analysis.winner}" + (f" ({analysis.note})" if analysis.note else ""))
     if analysis.test:
-        print(f"test: {analysis.test.line(analysis.dimension)}")
+        print(f"test: {analysis.test_line()}")
     print(f"rule: {analysis.rule}")
     print("wrote:\n" + "\n".join(f"  {p}" for p in analysis.files.values()))
     return 0
@@ -122,7 +122,7 @@ class RefineCallback(Callback):
                 return
             analysis = refine(config.hydra.sweep.dir, dimension, space=space, config_dir=self.config_dir,
                               name=self.name, wandb=self.wandb)
-            test = f"test: {analysis.test.line(dimension)}\n" if analysis.test else ""
+            test = f"test: {analysis.test_line()}\n" if analysis.test else ""
             log.info("refine %s: winner %s\n%s\n%swrote %s", dimension, analysis.winner, format_table(analysis), test,
                      ", ".join(analysis.files.values()))
         except Exception as e:  # noqa: BLE001 - a refinement error must not cost the sweep its results

@@ -78,7 +78,7 @@ def report(analysis: Analysis, sweep_dir: str | Path) -> dict[str, Path]:
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *("| " + " | ".join(r) + " |" for r in rows), "",
           f"**Winner: {a.winner}**" + (f" ({a.note})" if a.note else ""), "",
-          *([f"Test: {a.test.line(a.dimension)}.", ""] if a.test else []), f"Rule: {a.rule}.", ""]
+          *([f"Test: {a.test_line()}.", ""] if a.test else []), f"Rule: {a.rule}.", ""]
     if a.unreadable:
         md += ["Unreadable result files (not counted above):", "",
                *(f"- `{p}`: {why.removeprefix(f'{p}: ')}" for p, why in a.unreadable.items()), ""]
