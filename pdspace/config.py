@@ -525,7 +525,8 @@ def check_launcher(argv: list[str]) -> None:
 def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
     """A config/user error, or a full / read-only disk, as one line with its fix; None for anything else (a bug
     keeps its traceback). `dir_key` is the setting that moves the output elsewhere."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import (ConfigCompositionException, MissingConfigException, OverrideParseException,
+                              SearchPathException)
     from omegaconf.errors import OmegaConfBaseException
 
     from pdspace.results import disk_error
@@ -538,8 +539,13 @@ def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
     if isinstance(ex, OverrideParseException):
         reason = str(ex).splitlines()[0].strip()
         return f"malformed override ({reason}); {OVERRIDE_HINT}"
+    if isinstance(ex, SearchPathException):  # --config-dir names no directory
+        return f"{ex}; give --config-dir an existing directory"
     if isinstance(ex, MissingConfigException):
         text = str(ex)
+        primary = _primary_config_line(text)
+        if primary is not None:
+            return primary
         m = re.search(r"Could not find '([^']+)'", text)
         options = re.findall(r"^\t(\S+)$", text, flags=re.M)
         what = m.group(1) if m else text.splitlines()[0]
@@ -551,6 +557,36 @@ def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
     if isinstance(ex, ConfigCompositionException):
         return " ".join(str(ex).split())
     return None
+
+
+def _primary_config_line(text: str) -> str | None:
+    """Hydra's own lines for a primary config (--config-name) or its directory (--config-path) it cannot find."""
+    m = re.search(r"Cannot find primary config '([^']+)'", text)
+    if m:
+        return (f"unknown config {m.group(1)!r} (--config-name): no such file in the config search path; "
+                "drop --config-name for pdspace's 'train', or add the directory that holds it with --config-dir DIR")
+    m = re.search(r"config (directory|module) '([^']+)'", text)
+    if m and text.startswith("Primary config"):
+        return (f"config {m.group(1)} {m.group(2)!r} (--config-path) not found; drop --config-path, or add your "
+                "configs with --config-dir DIR")
+    return None
+
+
+def _hydra_usage_line(ex: ValueError) -> str | None:
+    """A ValueError that Hydra's command line raised outside its own error handler (two of -m, --cfg, --info,
+    ...; --resolve without --cfg) as one line; None for any other ValueError."""
+    import hydra
+
+    tb = ex.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or Path(hydra.__file__).parent not in Path(tb.tb_frame.f_code.co_filename).parents:
+        return None
+    if str(ex).startswith("Only one of"):
+        return ("-r/--run, -m/--multirun, -c/--cfg, -i/--info and -sc/--shell-completion exclude each other; give "
+                "one (to print a sweep job's config, give its overrides without -m: pdspace-train --cfg job "
+                "grouping=uniform)")
+    return str(ex)
 
 
 def _omegaconf_line(err: Any, context: str) -> str:
@@ -618,5 +654,10 @@ def one_line_errors(prog: str) -> Iterator[None]:
     hydra_utils.run_and_report = hydra_core.run_and_report = run_and_report
     try:
         yield
+    except ValueError as ex:  # Hydra's command-line checks raise outside run_and_report
+        line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else _hydra_usage_line(ex)
+        if line is None:
+            raise
+        sys.exit(f"{prog}: error: {line}")
     finally:
         hydra_utils.run_and_report = hydra_core.run_and_report = original

@@ -10,6 +10,7 @@ New options add their rows here.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -146,6 +147,18 @@ ROWS = [
      "unknown dimension 'width'; use grouping, allocation, tunable or strategy_g1"),
     ("P01", "pdspace-report", ["{tmp}/emptydir"], 1, "no result.json found under {tmp}/emptydir"),
     ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 1, "{tmp}/nosuchdir does not exist"),
+    # ------------------------------------------------------------------ Hydra's own flags (were tracebacks or
+    # Hydra's three lines; H01 is what a user types to see a sweep's job config)
+    ("H01", "pdspace-train", ["-m", "--cfg", "job", *B], 1,
+     "-m/--multirun, -c/--cfg, -i/--info and -sc/--shell-completion exclude each other; give one"),
+    ("H02", "pdspace-train", ["--info", "config", "--cfg", "job", *B], 1, "exclude each other"),
+    ("H03", "pdspace-train", ["--resolve", *B], 1, "The --resolve flag can only be used in conjunction with --cfg"),
+    ("H04", "pdspace-train", ["--config-dir", "{tmp}/nosuch", *B], 1,
+     "config directory '{tmp}/nosuch' not found; give --config-dir an existing directory"),
+    ("H05", "pdspace-train", ["--config-name", "nosuch", *B], 1,
+     "unknown config 'nosuch' (--config-name): no such file in the config search path"),
+    ("H06", "pdspace-train", ["--config-path", "{tmp}/nosuch", *B], 1,
+     "config directory '{tmp}/nosuch' (--config-path) not found"),
 ]
 
 
@@ -172,10 +185,10 @@ def _run(prog: str, args: list[str], tmp: Path, monkeypatch, capsys) -> tuple[in
         from pdspace import train
         from pdspace.config import one_line_errors
 
-        argv = [prog, f"hydra.run.dir={tmp}/run", f"hydra.sweep.dir={tmp}/sweep", "logger=none", "callbacks=none",
-                f"data.cache_dir={tmp}/cache", *args]
-        if "-m" in args:
-            argv = [prog, "-m", *[a for a in argv[1:] if a != "-m"]]
+        # Hydra's flags (-m, --cfg job, ...) first: argparse takes no flag after the overrides
+        flags = list(itertools.takewhile(lambda a: "=" not in a, args))
+        argv = [prog, *flags, f"hydra.run.dir={tmp}/run", f"hydra.sweep.dir={tmp}/sweep", "logger=none",
+                "callbacks=none", f"data.cache_dir={tmp}/cache", *args[len(flags):]]
         monkeypatch.setattr(sys, "argv", argv)
         GlobalHydra.instance().clear()
 
@@ -230,3 +243,13 @@ def test_the_table_covers_every_fixed_case():
     assert fixed <= {r[0] for r in ROWS}
     assert len({r[0] for r in ROWS}) == len(ROWS)
     json.dumps(ROWS)  # plain data: a later option adds a row, nothing else
+
+
+def test_a_value_error_of_pdspace_own_code_keeps_its_traceback(monkeypatch):
+    """Only Hydra's command-line ValueErrors become one line (H01-H03); one raised by a bug is not hidden."""
+    from pdspace.config import one_line_errors
+
+    monkeypatch.setattr(sys, "argv", ["pdspace-train"])
+    with pytest.raises(ValueError, match="a bug"):
+        with one_line_errors("pdspace-train"):
+            raise ValueError("a bug")
