@@ -1,6 +1,11 @@
-"""The README shows what the code does: its IA3 example is the shipped file, its set-up is what CI runs."""
+"""The README shows what the code does: its IA3 example is the shipped file, its set-up is what CI runs, its
+`pdspace-train` commands compose and pass the config checks."""
 
+import re
+import shlex
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +28,53 @@ def test_both_set_up_commands_install_through_the_lock():
     commands = [line for line in setup.splitlines() if line.startswith("pip install")]
     assert len(commands) == 2 and all(c.startswith("pip install -c .ci/lock.txt torch==2.13.0 -e ") for c in commands)
     assert (ROOT / ".ci" / "lock.txt").is_file()
+
+
+def readme_train_commands() -> list[str]:
+    """Every `pdspace-train` command of the README's bash blocks (continuation lines joined, comments dropped),
+    but those that elide their overrides (`...`)."""
+    readme = (ROOT / "README.md").read_text()
+    commands = []
+    for body in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in body.replace("\\\n", " ").splitlines():
+            command = line.split("  #")[0].strip()
+            if command.startswith("pdspace-train") and "..." not in command and "--help" not in command:
+                commands.append(command)
+    return commands
+
+
+def job_overrides(command: str) -> list[list[str]]:
+    """The overrides of the jobs a command launches, one job per sweep value (the other sweeps at their first)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, flags = shlex.split(command)[1:], {"-m", "--multirun", "--cfg", "job"}
+    overrides = OverridesParser.create().parse_overrides([a for a in args if a not in flags])
+    first = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+             for o in overrides]
+    jobs = [first]
+    for i, o in enumerate(overrides):
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())[1:]
+            jobs += [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1:] for v in values]
+    return jobs
+
+
+def test_the_readme_has_train_commands_to_check():
+    commands = readme_train_commands()
+    assert len(commands) >= 10 and "pdspace-train" in commands  # the main job, bare
+
+
+@pytest.mark.parametrize("command", readme_train_commands())
+def test_every_readme_train_command_composes_and_passes_the_config_checks(command):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pdspace.config import CONF_DIR, check_config, check_overrides
+
+    check_overrides(shlex.split(command)[1:])  # what the console script checks before Hydra parses
+    for overrides in job_overrides(command):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        check_config(cfg)
+    GlobalHydra.instance().clear()
