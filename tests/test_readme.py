@@ -30,15 +30,15 @@ def test_both_set_up_commands_install_through_the_lock():
     assert (ROOT / ".ci" / "lock.txt").is_file()
 
 
-def readme_train_commands() -> list[str]:
-    """Every `pdspace-train` command of the README's bash blocks (continuation lines joined, comments dropped),
-    but those that elide their overrides (`...`)."""
+def readme_commands(prog: str) -> list[str]:
+    """Every `prog` command of the README's bash blocks (continuation lines joined, comments dropped), but those
+    that elide their arguments (`...`)."""
     readme = (ROOT / "README.md").read_text()
     commands = []
     for body in re.findall(r"```bash\n(.*?)```", readme, re.S):
         for line in body.replace("\\\n", " ").splitlines():
             command = line.split("  #")[0].strip()
-            if command.startswith("pdspace-train") and "..." not in command and "--help" not in command:
+            if command.split(" ")[0] == prog and "..." not in command and "--help" not in command:
                 commands.append(command)
     return commands
 
@@ -59,12 +59,13 @@ def job_overrides(command: str) -> list[list[str]]:
     return jobs
 
 
-def test_the_readme_has_train_commands_to_check():
-    commands = readme_train_commands()
+def test_the_readme_has_commands_to_check():
+    commands = readme_commands("pdspace-train")
     assert len(commands) >= 10 and "pdspace-train" in commands  # the main job, bare
+    assert len(readme_commands("pdspace-search")) >= 4
 
 
-@pytest.mark.parametrize("command", readme_train_commands())
+@pytest.mark.parametrize("command", readme_commands("pdspace-train"))
 def test_every_readme_train_command_composes_and_passes_the_config_checks(command):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -78,3 +79,15 @@ def test_every_readme_train_command_composes_and_passes_the_config_checks(comman
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
         check_config(cfg)
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("command", readme_commands("pdspace-search"))
+def test_every_readme_search_command_passes_the_search_checks(command, tmp_path):
+    """Its flags parse and `check_spec` (tasks, space, the jobs' composed config and budget) accepts it, as the
+    search checks before it launches anything."""
+    from pdspace.search.cli import parse
+    from pdspace.search.engine import check_spec
+
+    spec = parse(shlex.split(command)[1:])
+    setting = check_spec(spec, tmp_path / "conf")
+    assert setting.num_layers > 0
