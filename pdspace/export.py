@@ -273,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peft", action="store_true", help="write an HF peft adapter instead (LoRA or IA3 designs)")
     args = parser.parse_args(argv)
     from pdspace.results import ResultError
+    from pdspace.tracking import quiet
 
+    quiet()  # the backbone's reload: no load report (its head is loaded from the run), no progress bar
     try:
         out = export_run(args.run_dir, args.out_dir, to_peft=args.peft)
     except (PDSpaceError, ResultError, OSError) as e:

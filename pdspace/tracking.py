@@ -118,8 +118,8 @@ def finish(loggers: list[Any], status: str) -> None:
 def log_report(job_type: str, name: str, fill: Callable[[Any, Any], None], *, what: str,
                sweep: Path | None = None, config: dict[str, Any] | None = None) -> None:
     """One W&B run of a report (pdspace-report, a study's report, a refinement): `fill(run, wandb)` logs into
-    it; `what` names it in a warning. The mode as for jobs; grouped under the sweep dir's name, if any. A failure only warns: W&B mirrors the
-    files on disk, which are the result."""
+    it; `what` names it in a warning. The mode as for jobs; grouped under the sweep dir's name, if any. A
+    failure only warns: W&B mirrors the files on disk, which are the result."""
     try:
         import wandb
 
@@ -144,4 +144,6 @@ def quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*srun.*")
+    # peft's PeftModel reads transformers' deprecated name (transformers 5.2x); nothing a pdspace user can change
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

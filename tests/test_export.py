@@ -168,3 +168,29 @@ def test_pdspace_export_refuses_a_run_that_did_not_finish(launch, tmp_path):
     launch("backbone=tiny-bert", "dry_run=true", *FAST)
     with pytest.raises(SystemExit, match=r"pdspace-export: error: .* is dry_run; export needs a completed PEFT run"):
         main([str(tmp_path / "run"), str(tmp_path / "out")])
+
+
+
+def test_the_console_script_says_one_line_for_a_pretrained_backbone(launch, tmp_path, capfd):
+    """Re-loading a pretrained backbone prints transformers' load report (the head "MISSING ... consider training")
+    and a progress bar unless the console script quiets them, as pdspace-train does."""
+    import transformers
+
+    from pdspace.backbones import clear_cache
+    from pdspace.export import main
+
+    (result,) = launch("backbone=minilm", "strategy=lora", "task=synthetic_cls", "trainer.max_epochs=1",
+                       "task.max_train_samples=8", "task.max_eval_samples=8", "data.batch_size=8")
+    assert result["status"] == "completed"
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_warning()  # as in a fresh process
+    transformers.utils.logging.enable_progress_bar()
+    clear_cache()  # export loads the backbone anew, as in its own process
+    capfd.readouterr()
+    try:
+        main([str(tmp_path / "run"), str(tmp_path / "out"), "--peft"])
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        (transformers.utils.logging.enable_progress_bar if bars else transformers.utils.logging.disable_progress_bar)()
+    captured = capfd.readouterr()
+    assert (captured.out + captured.err).strip() == f"saved {tmp_path / 'out'}"
