@@ -292,20 +292,26 @@ def _compare(report: Report) -> None:
 
         b = min(present, key=key)
         report.best[col] = b
-        best = report.rows[b]
         for i in present:
             if i == b:
                 continue
-            if col == AVERAGE:
-                a, c = report.rows[i].seed_averages(report.tasks), best.seed_averages(report.tasks)
-                seeds = sorted(set(a) & set(c), key=str)
-                t = stats.paired_t([a[s] for s in seeds], [c[s] for s in seeds])
-                report.comparisons[(i, col)] = Comparison(t.n, t.mean_diff, t.ci_low, t.ci_high, t.p)
-            else:
-                comp = _pair(report.rows[i], best, col, preds, report.n_boot)
-                report.comparisons[(i, col)] = comp
-                report.seed_test_only += comp.p_t is not None and comp.p_boot is None
+            comp = compare(report, i, b, col, preds)
+            report.comparisons[(i, col)] = comp
+            report.seed_test_only += col != AVERAGE and comp.p_t is not None and comp.p_boot is None
     report.bad_predictions = preds.bad
+
+
+def compare(report: Report, i: int, j: int, col: str, preds: _Predictions | None = None) -> Comparison:
+    """Row `i` against row `j` on column `col` (a task: paired t over shared seeds, and the paired bootstrap
+    where predictions allow; AVERAGE: paired t over per-seed task averages), as the table compares a row with
+    its column's best."""
+    row, other = report.rows[i], report.rows[j]
+    if col != AVERAGE:
+        return _pair(row, other, col, preds or _Predictions(), report.n_boot)
+    a, c = row.seed_averages(report.tasks), other.seed_averages(report.tasks)
+    seeds = sorted(set(a) & set(c), key=str)
+    t = stats.paired_t([a[s] for s in seeds], [c[s] for s in seeds])
+    return Comparison(t.n, t.mean_diff, t.ci_low, t.ci_high, t.p)
 
 
 def _num(x: float | None, digits: int) -> str:

@@ -55,7 +55,8 @@ def test_the_presets_pin_each_design_over_the_search_overrides(tmp_path):
     assert all(c.method == label and c.trainer.max_epochs == 1 and c.backbone.name == "tiny-bert"
                for label, c in cfgs.items())
     top = cfgs["top1"]
-    assert (list(top.grouping.choice), top.allocation.choice, top.tunable.choice) == ([1, 2, 2, 1], "increasing", "1011")
+    assert (list(top.grouping.choice), top.allocation.choice, top.tunable.choice) == \
+        ([1, 2, 2, 1], "increasing", "1011")
     assert list(top.strategy.choice) == ["AL", "any", "P", "B"] and top.budget_fraction == 0.01
     assert list(cfgs["lora"].grouping.choice) == [2, 2, 1, 1] and list(cfgs["prefix"].strategy.choice) == ["P"] * 4
     assert cfgs["adapter"].budget_fraction == 0.01 and cfgs["bitfit"].budget_fraction is None
@@ -104,6 +105,20 @@ def test_a_search_ends_confirmed_against_the_baselines_and_resumes(tmp_path, cap
     assert f"**Found design: `{best.name}`**" in report and report in out
     for label in ("adapter", "prefix", "lora", "bitfit", "top1", "top2"):
         assert f"| {label} |" in report
+    # the found design against the best baseline (the rule over the baselines' runs): scipy's paired t-test
+    versus = confirm["vs_baseline"]
+    base = ranked(standings((r["method"], r["task"], results.objective(r)) for r in runs.values()
+                            if not r["method"].startswith("top")).values())[0]
+    assert versus["against"] == base.name and versus["n"] == 2
+    by = {(r["method"], r["seed"]): 100 * results.objective(r) for r in runs.values()}
+    label = next(lb for lb, c in confirm["candidates"].items() if c["design_id"] == best.name)
+    a, b = [by[(label, s)] for s in (0, 1)], [by[(base.name, s)] for s in (0, 1)]
+    from scipy.stats import ttest_rel
+
+    p_t = ttest_rel(a, b).pvalue
+    assert versus["p_t"] == (pytest.approx(p_t) if math.isfinite(p_t) else (1.0 if a == b else 0.0))
+    assert versus["line"] in out and versus["line"][1:] in report
+    assert f"# {versus['line']}\n" in (root / "conf" / "experiment" / "tiny.yaml").read_text()
     # compute: every evaluation trained, the search's and the confirmation's
     evaluations = sum(len(r["metrics"]["per_epoch"]) for r in [*runs.values(), *searched])
     assert state["compute"]["epochs"] == evaluations and state["compute"]["confirm_epochs"] == 12
@@ -139,3 +154,51 @@ def test_a_search_ends_confirmed_against_the_baselines_and_resumes(tmp_path, cap
     assert state["compute"] == {"epochs": sum(len(r["metrics"]["per_epoch"]) for r in searched),
                                 "confirm_epochs": 0, "search_epochs": 2}
     assert _stamps(root) == stamps
+
+
+def _runs(method, values, task="sst2"):
+    return [{"status": "completed", "method": method, "seed": seed, "task": task, "backbone": "minilm",
+             "design_id": f"{method}-design", "objective": {"name": "accuracy", "value": v}}
+            for seed, v in enumerate(values)]
+
+
+def _baselines(found):
+    table = standings((r["method"], r["task"], r["objective"]["value"]) for r in found)
+    return {m: {"label": m, "design_id": f"{m}-design", "mean": s.mean, "runs": s.runs, "per_task": s.per_task}
+            for m, s in table.items() if m != "top1"}
+
+
+@pytest.mark.parametrize("case", ["better", "noise", "one seed", "two tasks"])
+def test_the_found_design_is_tested_against_the_best_baseline(case):
+    """The line under the found design: against the best baseline (here adapter; lora is worse), the paired
+    t-test over seeds scipy computes (`ttest_rel`), on the one task or on the per-seed task average."""
+    from scipy.stats import ttest_rel
+
+    from pdspace import report as report_mod
+    from pdspace.search.confirm import versus_baseline
+
+    top = {"better": [0.80, 0.82, 0.85, 0.81], "noise": [0.74, 0.70, 0.77, 0.71], "one seed": [0.80],
+           "two tasks": [0.80, 0.82, 0.85, 0.81]}[case]
+    adapter = [0.70, 0.74, 0.73, 0.72][:len(top)]
+    found = [*_runs("top1", top), *_runs("adapter", adapter), *_runs("lora", [0.5] * len(top))]
+    second = [0.6, 0.5, 0.7, 0.6]
+    if case == "two tasks":
+        found += [*_runs("top1", second, "cola"), *_runs("adapter", [0.5, 0.6, 0.5, 0.7], "cola"),
+                  *_runs("lora", [0.1] * 4, "cola")]
+    versus = versus_baseline(report_mod.build(found, method_key="method"), "top1", _baselines(found))
+    assert versus["against"] == "adapter"
+    if case == "one seed":
+        assert versus["p"] is None and "no test (it needs two seeds or more" in versus["line"]
+        return
+    a, b = [100 * v for v in top], [100 * v for v in adapter]
+    if case == "two tasks":
+        a = [(x + 100 * y) / 2 for x, y in zip(a, second)]
+        b = [(x + 100 * y) / 2 for x, y in zip(b, [0.5, 0.6, 0.5, 0.7])]
+        assert versus["column"] == "average" and "on the task average" in versus["line"]
+    else:
+        assert versus["column"] == "sst2" and "on sst2" in versus["line"]
+    assert versus["p_t"] == pytest.approx(ttest_rel(a, b).pvalue, rel=1e-9)
+    assert versus["diff"] == pytest.approx(sum(a) / 4 - sum(b) / 4) and versus["n"] == 4
+    better = case == "better"  # "two tasks": cola's noise hides sst2's gain in the average (p = 0.24)
+    expected = "the found design is significantly better at 0.05" if better else "not significant at 0.05"
+    assert expected in versus["line"] and (versus["p_t"] < 0.05) == better

@@ -117,6 +117,8 @@ def summary(state: Mapping[str, Any]) -> str:
                      f"{f' ± {std:.4f}' if std is not None else ''} over {final['runs']} runs, seeds "
                      f"{','.join(map(str, c['seeds']))}; {final['search']['score']:.4f} over "
                      f"{final['search']['runs']} runs in the search)")
+        if c.get("vs_baseline"):
+            lines.append(c["vs_baseline"]["line"])
     else:
         lines.append(f"found design: {final['design_id']} (mean objective {final['score']:.4f} over "
                      f"{final['runs']} runs)")

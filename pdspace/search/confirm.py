@@ -16,7 +16,8 @@ sweeper skips completed jobs on a relaunch and refuses changed settings; a finis
 not launched again. The found design is the candidate (never a baseline) with the best mean over
 the seeds (same rule); `<dir>/confirm_report.md` is the results table (`pdspace.report`) of the
 candidates and baselines, mean ± std over the seeds (with the report's confidence intervals and
-p-values where it computes them).
+p-values where it computes them), under a line that tests the found design against the best baseline
+(`versus_baseline`).
 """
 
 from __future__ import annotations
@@ -152,12 +153,56 @@ def run_confirmation(top: Sequence[tuple[Design, Standing]], root: Path, spec: S
         raise SearchError(f"no candidate of the confirmation completed a run (see the result.json files under "
                           f"{sweep}); fix the cause and rerun the same command to resume")
     winner = best["label"]
-    report_path = write_report(root / REPORT_FILE, found, unreadable, rows, candidates, baselines, winner, seeds,
-                               spec, skipped)
+    from pdspace import report as report_mod
+
+    labels = {e.label for e in rows}
+    # each result's `_path` leads the report to its predictions.npz (the paired bootstrap over examples)
+    report = report_mod.build([r for r in found if str(r.get("method")) in labels], method_key="method",
+                              unreadable=list(unreadable))
+    versus = versus_baseline(report, winner, baselines)
+    report_path = write_report(root / REPORT_FILE, report, rows, candidates, baselines, winner, seeds, spec,
+                               skipped, versus)
     return {"sweep": str(sweep), "inputs": inputs, "seeds": seeds, "k": spec.confirm_k,
             "full_ft": bool(spec.confirm_full_ft), "candidates": candidates, "baselines": baselines,
             "skipped_baselines": skipped, "found": winner, "found_design": candidates[winner]["design_id"],
-            "report": str(report_path)}
+            "vs_baseline": versus, "report": str(report_path)}
+
+
+def versus_baseline(report: Any, winner: str, baselines: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The found design against the best baseline (pdspace's rule over the confirmation's runs), as the results
+    table tests a row against another: on the one task (paired t over the seeds both trained, and the paired
+    bootstrap over examples where predictions allow) or, with several tasks, on the per-seed task average (paired
+    t). None without a baseline that trained; `line` says it in words."""
+    from pdspace.report import AVERAGE, compare
+
+    trained = [b for b in baselines.values() if b["runs"]]
+    index = {row.method: i for i, row in enumerate(report.rows)}
+    if not trained or winner not in index:
+        return None
+    base = min(trained, key=_key)
+    col = report.tasks[0] if len(report.tasks) == 1 else AVERAGE
+    comp = compare(report, index[winner], index[base["label"]], col)
+    where = f"on {col}" if col != AVERAGE else "on the task average"
+    head = f"against the best baseline, {base['label']} ({where}, objective × 100): "
+    if comp.p is None:
+        diff = "no run on a shared seed" if comp.diff is None else f"{comp.diff:+.2f} over {comp.n} seed"
+        line = head + f"{diff}: no test (it needs two seeds or more that both trained; give e.g. --confirm-seeds 0,1,2)"
+    else:
+        tests = f"paired t-test p = {_p(comp.p_t)}" + (
+            f", paired bootstrap p = {_p(comp.p_boot)}" if comp.p_boot is not None else "")
+        if comp.p < 0.05:
+            verdict = f"the found design is significantly {'better' if comp.diff > 0 else 'worse'} at 0.05"
+        else:
+            verdict = "not significant at 0.05 (the data do not separate them)"
+        line = (head + f"{comp.diff:+.2f} over {comp.n} seeds, 95 % CI [{comp.ci_low:+.2f}, {comp.ci_high:+.2f}], "
+                f"{tests}; {verdict}")
+    return results.finite({"against": base["label"], "design_id": base["design_id"], "column": col, "n": comp.n,
+                           "diff": comp.diff, "ci": [comp.ci_low, comp.ci_high], "p_t": comp.p_t,
+                           "p_boot": comp.p_boot, "p": comp.p, "line": line})
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
 def _train(rows: Sequence[Entry], n_candidates: int, conf: Path, sweep: Path, spec: SearchSpec, setting: Setting,
@@ -201,24 +246,21 @@ def _numbers(entry: Entry, table: Mapping[str, Standing], search_stats: Mapping[
     return results.finite(out)  # NaN (no run, or one run's std) as None, as search.json keeps it
 
 
-def write_report(path: Path, found: Sequence[Mapping[str, Any]], unreadable: Sequence[tuple[str, str]],
-                 rows: Sequence[Entry], candidates: Mapping[str, Mapping[str, Any]],
+def write_report(path: Path, report: Any, rows: Sequence[Entry], candidates: Mapping[str, Mapping[str, Any]],
                  baselines: Mapping[str, Mapping[str, Any]], winner: str, seeds: Sequence[int],
-                 spec: SearchSpec, skipped: Mapping[str, str]) -> Path:
-    """confirm_report.md: the found design, the ranking of the candidates, and the results table with the
-    baselines (`pdspace.report`: mean ± std over the seeds and what significance it computes)."""
-    from pdspace import report as report_mod
-    from pdspace.report import md_row
+                 spec: SearchSpec, skipped: Mapping[str, str], versus: Mapping[str, Any] | None = None) -> Path:
+    """confirm_report.md: the found design and its test against the best baseline, the ranking of the
+    candidates, and the results table with the baselines (`report`, a `pdspace.report.Report`: mean ± std over
+    the seeds and what significance it computes)."""
+    from pdspace.report import md_row, to_markdown
 
-    labels = {e.label for e in rows}
-    mine = [r for r in found if str(r.get("method")) in labels]
-    # each result's `_path` leads the report to its predictions.npz (the paired bootstrap over examples)
-    table = report_mod.to_markdown(report_mod.build(mine, method_key="method", unreadable=list(unreadable)))
+    table = to_markdown(report)
     c = candidates[winner]
     md = [f"# Confirmation of pdspace-search `{spec.name}`", "",
           f"**Found design: `{c['design_id']}`** ({winner}: mean objective {_mean_std(c)} "
           f"over {c['runs']} runs, seeds {','.join(map(str, seeds))}; {_fmt(c['search']['score'])} over "
           f"{c['search']['runs']} runs in the search).", "",
+          *([versus["line"][0].upper() + versus["line"][1:] + ".", ""] if versus else []),
           (f"The top {len(candidates)} designs" if len(candidates) > 1 else "The best design")
           + " of the search in its final space (by pdspace's rule: more tasks, higher mean, more runs, design id) "
           "and the uniform baselines at the same budget and settings, each trained over the same seeds; the found "

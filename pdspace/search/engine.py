@@ -354,6 +354,8 @@ def finish(design: Design, stats: Mapping[str, Any], conf: Path, spec: SearchSpe
         header.append(f"# confirmed: mean {confirmed['score']:.4f}{std} over "
                       f"{confirmed['runs']} runs (seeds {','.join(map(str, confirmed['seeds']))}), the best of "
                       f"{confirmed['candidates']} candidates; see {confirmed['report']}")
+        if confirmed.get("vs_baseline"):
+            header.append(f"# {confirmed['vs_baseline']['line']}")
     path.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(body)))
     words = ["pdspace-train"] + (["-m"] if len(spec.tasks) > 1 or len(spec.seeds) > 1 else [])
     words += ["--config-dir", str(conf), f"experiment={spec.name}", *setting.hydra_args(), *rest]

@@ -128,6 +128,6 @@ def _decide(top: Sequence[tuple[Design, Standing]], spec: SearchSpec, setting: S
     design, standing = next((d, s) for d, s in top if str(d) == chosen["design_id"])
     confirmed = {"score": chosen["mean"], "std": chosen["std"], "runs": chosen["runs"],
                  "per_task": chosen["per_task"], "seeds": c["seeds"], "candidates": len(c["candidates"]),
-                 "report": c["report"], "label": c["found"]}
+                 "report": c["report"], "label": c["found"], "vs_baseline": c.get("vs_baseline")}
     state["final"] = finish(design, design_stats(standing), conf, spec, setting, confirmed=confirmed)
     return [Path(c["sweep"])]
