@@ -539,6 +539,10 @@ def one_line(ex: BaseException, dir_key: str = "hydra.run.dir") -> str | None:
     if isinstance(ex, OverrideParseException):
         reason = str(ex).splitlines()[0].strip()
         return f"malformed override ({reason}); {OVERRIDE_HINT}"
+    if isinstance(ex, ValueError):  # Hydra's own flags (--shell-completion without install=...)
+        usage = _hydra_usage_line(ex)
+        if usage is not None:
+            return usage
     if isinstance(ex, SearchPathException):  # --config-dir names no directory
         return f"{ex}; give --config-dir an existing directory"
     if isinstance(ex, MissingConfigException):
@@ -586,6 +590,8 @@ def _hydra_usage_line(ex: ValueError) -> str | None:
         return ("-r/--run, -m/--multirun, -c/--cfg, -i/--info and -sc/--shell-completion exclude each other; give "
                 "one (to print a sweep job's config, give its overrides without -m: pdspace-train --cfg job "
                 "grouping=uniform)")
+    if str(ex).startswith("Expecting one subcommand"):
+        return f"--shell-completion: {ex}; e.g. pdspace-train --shell-completion install=bash"
     return str(ex)
 
 

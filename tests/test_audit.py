@@ -159,6 +159,9 @@ ROWS = [
      "unknown config 'nosuch' (--config-name): no such file in the config search path"),
     ("H06", "pdspace-train", ["--config-path", "{tmp}/nosuch", *B], 1,
      "config directory '{tmp}/nosuch' (--config-path) not found"),
+    ("H07", "pdspace-train", ["--shell-completion", *B], 1,
+     "--shell-completion: Expecting one subcommand from ['install', 'uninstall', 'query'] to be set; e.g. "
+     "pdspace-train --shell-completion install=bash"),
 ]
 
 
