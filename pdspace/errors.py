@@ -27,6 +27,11 @@ def exit_error(prog: str, message: object) -> NoReturn:
     sys.exit(f"{prog}: error: {message}")
 
 
+def cannot_write(path: object, ex: OSError, option: str) -> str:
+    """The line for an output the user named (`option`, e.g. --out) that cannot be written."""
+    return f"cannot write {path}: {ex.strerror or ex}; give {option} a place you can write"
+
+
 @contextmanager
 def warning_lines(prog: str) -> Iterator[None]:
     """The body's warnings (every one, repeats included) as one `<prog>: warning: <message>` line each on stderr,

@@ -34,7 +34,7 @@ import numpy as np
 from pdspace import results as results_io
 from pdspace import stats
 from pdspace.data.tasks import DataError, get_task, task_spec
-from pdspace.errors import exit_error, warning_lines
+from pdspace.errors import cannot_write, exit_error, warning_lines
 from pdspace.results import RESULT_FILE
 from pdspace.search.ordering import rank_key
 from pdspace.tracking import log_report
@@ -475,9 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown, end="")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(markdown)
-        (out / "report.csv").write_text(to_csv(report))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.md").write_text(markdown)
+            (out / "report.csv").write_text(to_csv(report))
+        except OSError as e:
+            exit_error("pdspace-report", cannot_write(out, e, "--out"))
     if args.wandb:
         with warning_lines("pdspace-report"):
             log_wandb(report)

@@ -147,6 +147,11 @@ ROWS = [
      "unknown dimension 'width'; use grouping, allocation, tunable or strategy_g1"),
     ("P01", "pdspace-report", ["{tmp}/emptydir"], 1, "no result.json found under {tmp}/emptydir"),
     ("P02", "pdspace-report", ["{tmp}/nosuchdir"], 1, "{tmp}/nosuchdir does not exist"),
+    # an --out that cannot be written: Python's traceback before
+    ("P03", "pdspace-report", ["{tmp}/done", "--out", "{tmp}/done/result.json"], 1,
+     "cannot write {tmp}/done/result.json: File exists; give --out a place you can write"),
+    ("B13", "pdspace-bench", ["table", "{tmp}/done", "--out", "{tmp}/done/result.json/t.parquet"], 1,
+     "cannot write {tmp}/done/result.json/t.parquet: File exists; give --out a place you can write"),
     # ------------------------------------------------------------------ Hydra's own flags (were tracebacks or
     # Hydra's three lines; H01 is what a user types to see a sweep's job config)
     ("H01", "pdspace-train", ["-m", "--cfg", "job", *B], 1,
@@ -178,6 +183,11 @@ def _files(tmp: Path) -> None:
         (tmp / name).mkdir()
         results.write(tmp / name / "result.json", {"status": status, "design": design, "design_id": "x",
                                                    "config": {"save_checkpoint": False}})
+    (tmp / "done").mkdir()  # a finished run with its curve, for the report and the design table
+    results.write(tmp / "done" / "result.json", {"status": "completed", "design": design, "design_id": "x",
+                                                 "task": "synthetic_cls", "seed": 0,
+                                                 "objective": {"name": "accuracy", "value": 0.5},
+                                                 "metrics": {"per_epoch": [{"accuracy": 0.5}]}})
 
 
 def _run(prog: str, args: list[str], tmp: Path, monkeypatch, capsys) -> tuple[int, str]:

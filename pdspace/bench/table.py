@@ -19,10 +19,11 @@ from typing import Any
 
 from pdspace import results
 from pdspace.design.space import Design
+from pdspace.errors import cannot_write
 
-COLUMNS = ("design_id", "grouping", "allocation", "tunable", "strategies", "task", "seed", "backbone", "budget_fraction",
-           "trainable_params", "fraction", "objective", "curve", "epochs", "best", "train_s_per_epoch", "status",
-           "method", "source", "pred_index", "gold", "pred")
+COLUMNS = ("design_id", "grouping", "allocation", "tunable", "strategies", "task", "seed", "backbone",
+           "budget_fraction", "trainable_params", "fraction", "objective", "curve", "epochs", "best",
+           "train_s_per_epoch", "status", "method", "source", "pred_index", "gold", "pred")
 LISTS = ("curve", "pred_index", "gold", "pred")
 
 
@@ -151,7 +152,10 @@ def run(args: argparse.Namespace) -> None:
     rows = collect(args.sweep_dirs, args.relative_to)
     if not rows:
         raise SystemExit(f"pdspace-bench: error: no completed run with a design and a curve under {args.sweep_dirs}")
-    path = write(rows, args.out)
+    try:
+        path = write(rows, args.out)
+    except OSError as e:
+        raise SystemExit(f"pdspace-bench: error: {cannot_write(args.out, e, '--out')}") from None
     for task in sorted({r["task"] for r in rows}):
         mine = [r for r in rows if r["task"] == task]
         designs = {r["design_id"] for r in mine}
