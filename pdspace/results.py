@@ -68,20 +68,38 @@ def finite(x: Any) -> Any:
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+# a directory that cannot be made where its path runs through a file (or a place such as /proc)
+MKDIR_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.ENOENT)
+
+
+def _in_mkdir(ex: BaseException) -> bool:
+    """Whether `ex` was raised making a directory (`Path.mkdir`, `os.makedirs`): a write, whatever its errno."""
+    tb = ex.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("mkdir", "makedirs"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def disk_error(ex: BaseException, where: str | Path | None = None, dir_key: str = "hydra.run.dir") -> str | None:
-    """One line for a write the disk refused (full, read-only, forbidden), naming the path (`where`, the run's
-    dir, when the error names none) and the fix; None for any other error. An error raised `from` one counts too."""
+    """One line for a write the disk refused (full, read-only, forbidden, or a directory its path cannot hold),
+    naming the path (`where`, the run's dir, when the error names none) and the fix; None for any other error. An
+    error raised `from` one counts too."""
     seen: BaseException | None = ex
     for _ in range(8):
         if seen is None:
             return None
-        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+        if isinstance(seen, OSError) and (seen.errno in DISK_ERRNOS
+                                          or seen.errno in MKDIR_ERRNOS and _in_mkdir(seen)):
             break
         seen = seen.__cause__  # explicit chaining only: an earlier, handled error is no cause
     else:
         return None
     path = seen.filename or where
     shown, reason = path if path else "the output", seen.strerror or os.strerror(seen.errno)
+    if seen.errno in MKDIR_ERRNOS:
+        return f"cannot create the directory {shown}: {reason}; choose another {dir_key}"
     if seen.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"cannot write {shown}: {reason}; free space or choose another {dir_key}"
     if seen.errno == errno.EROFS:

@@ -164,6 +164,11 @@ ROWS = [
      "unknown config 'nosuch' (--config-name): no such file in the config search path"),
     ("H06", "pdspace-train", ["--config-path", "{tmp}/nosuch", *B], 1,
      "config directory '{tmp}/nosuch' (--config-path) not found"),
+    # an output dir whose path runs through a file: Hydra's traceback (train), Python's (search) before
+    ("T01", "pdspace-train", [*B, "hydra.run.dir={tmp}/done/result.json/run"], 1,
+     "cannot create the directory {tmp}/done/result.json/run: Not a directory; choose another hydra.run.dir"),
+    ("S15", "pdspace-search", ["--dir", "{tmp}/done/result.json/s", "--tasks", "synthetic_cls", "--samples", "1",
+                               *B[:1]], 1, "Not a directory; choose another --dir"),
     ("H07", "pdspace-train", ["--shell-completion", *B], 1,
      "--shell-completion: Expecting one subcommand from ['install', 'uninstall', 'query'] to be set; e.g. "
      "pdspace-train --shell-completion install=bash"),

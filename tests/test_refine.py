@@ -354,3 +354,14 @@ def test_callback(sweep, tmp_path, caplog):
     RefineCallback(config_dir=str(tmp_path / "cfg")).on_multirun_end(_config(sweep.path, controlled="allocation"))
     space = OmegaConf.load(tmp_path / "cfg" / "space" / "S0_allocation.yaml").space
     assert space.allocation == "decreasing" and space.controlled is None
+
+
+def test_a_config_dir_its_path_cannot_hold_is_one_line_naming_the_option(sweep, tmp_path):
+    sweep.add(0.6, alloc="uniform").add(0.7, alloc="decreasing")
+    source = write_space(SPACE, tmp_path / "conf" / "space" / "S0.yaml", provenance={"S0": "test space"})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep.path), "--dimension", "allocation", "--space-file", str(source),
+              "--config-dir", str(tmp_path / "file"), "--name", "S1"])
+    assert exit_info.value.code == (f"pdspace-refine: error: cannot create the directory {tmp_path / 'file'}/space: "
+                                    "Not a directory; choose another --config-dir")

@@ -383,6 +383,21 @@ def test_the_atomic_writer_leaves_no_temp_file_when_the_write_fails(tmp_path, mo
                                              "another hydra.run.dir")
 
 
+def test_a_directory_its_path_cannot_hold_is_a_write_error_and_a_missing_file_to_read_is_not(tmp_path):
+    """A run or sweep dir whose path runs through a file: mkdir's ENOTDIR / EEXIST name the dir and the option to
+    change; an ENOENT or ENOTDIR from reading stays the caller's to explain (None)."""
+    (tmp_path / "file").write_text("x")
+    for target, reason in ((tmp_path / "file", "File exists"), (tmp_path / "file" / "run", "Not a directory")):
+        with pytest.raises(OSError) as err:
+            target.mkdir(parents=True, exist_ok=True)
+        assert results.disk_error(err.value, dir_key="hydra.sweep.dir") == (
+            f"cannot create the directory {target}: {reason}; choose another hydra.sweep.dir")
+    for missing in (tmp_path / "nosuch.json", tmp_path / "file" / "x.json"):
+        with pytest.raises(OSError) as err:
+            missing.read_text()
+        assert results.disk_error(err.value) is None
+
+
 def _refuse_writes_under(root: Path, monkeypatch, code: int = errno.EROFS) -> None:
     """Every write under `root` fails like a read-only (or full) file system: root ignores permission bits."""
     import builtins

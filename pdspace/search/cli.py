@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         state = search(spec)
     except Exception as e:  # noqa: BLE001 - user errors as one line; anything else keeps its traceback
-        line = one_line(e) or (str(e) if isinstance(e, ValueError) else None)
+        line = one_line(e, "--dir") or (str(e) if isinstance(e, ValueError) else None)
         if line is None:
             raise
         if isinstance(e, SearchInterrupted):

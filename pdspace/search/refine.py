@@ -94,7 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             analysis = refine(args.sweep_dir, args.dimension, space_file=args.space_file, config_dir=args.config_dir,
                               name=args.name, rule=args.rule, wandb=args.wandb)
     except (OSError, ValueError) as e:
-        exit_error("pdspace-refine", e)
+        from pdspace.results import disk_error
+
+        # the narrowed space goes under --config-dir; a write there that fails names that option as the fix
+        written = args.config_dir and Path(str(getattr(e, "filename", None) or "/")).absolute().is_relative_to(
+            Path(args.config_dir).absolute())
+        exit_error("pdspace-refine", (disk_error(e, dir_key="--config-dir") if written else None) or e)
     print(format_table(analysis))
     print(f"\nwinner: {analysis.winner}" + (f" ({analysis.note})" if analysis.note else ""))
     if analysis.test:
