@@ -146,4 +146,8 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*srun.*")
     # peft's PeftModel reads transformers' deprecated name (transformers 5.2x); nothing a pdspace user can change
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # pdspace's launcher configs (conf/hydra/launcher/joblib.yaml, ...) keep the plugins' names, so Hydra 1.3
+    # validates them against each plugin's schema of that name, as pdspace wants, and warns that 1.1 deprecated it
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/[^']+' is validated against ConfigStore schema "
+                            "with the same name")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -106,3 +106,24 @@ def test_a_launcher_that_is_not_installed_is_one_line_before_anything_runs(tmp_p
     assert str(e.value) == ('pdspace-train: error: hydra/launcher=ray needs hydra_ray_launcher and ray, which are '
                             'not installed; pip install -e ".[scale]" (see the README\'s Run at scale)')
     assert not any(tmp_path.iterdir())  # nothing launched, nothing written
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm"])
+def test_a_launcher_config_composes_without_hydras_schema_matching_warning(launcher, recwarn):
+    """The README's `hydra/launcher=joblib` printed Hydra's five-line deprecation of schema matching; the
+    console script's quiet() leaves it out."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pdspace.config import CONF_DIR
+    from pdspace.tracking import quiet
+
+    quiet()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+    assert not [w for w in recwarn if "validated against ConfigStore schema" in str(w.message)]
