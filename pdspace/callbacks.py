@@ -94,7 +94,7 @@ class ResumeCheckpoint(L.Callback):
         self._last_step = trainer.global_step
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # a full state to resume from (and Lightning quiet)
             if trainer.is_global_zero:
                 tmp.replace(self.path)
         except BaseException:

@@ -135,19 +135,37 @@ def log_report(job_type: str, name: str, fill: Callable[[Any, Any], None], *, wh
 
 def quiet() -> None:
     """Keep transformers, tokenizers and Lightning to what a pdspace user needs to read."""
-    import warnings
-
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_warnings()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def quiet_warnings() -> None:
+    """The warnings filters of `quiet()` alone (no import): upstream deprecations a pdspace user cannot act on."""
+    import warnings
+
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*srun.*")
     # peft's PeftModel reads transformers' deprecated name (transformers 5.2x); nothing a pdspace user can change
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # Lightning 2.6 reads torch's deprecated pytree name (torch 2.13); nothing a pdspace user can change
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    _quiet_launcher_schemas()
+
+
+def _quiet_launcher_schemas() -> None:
     # pdspace's launcher configs (conf/hydra/launcher/joblib.yaml, ...) keep the plugins' names, so Hydra 1.3
     # validates them against each plugin's schema of that name, as pdspace wants, and warns that 1.1 deprecated it
+    import warnings
+
     warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/[^']+' is validated against ConfigStore schema "
                             "with the same name")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+# also on import: a launcher's worker process imports this module (unpickling the task function, which refers to
+# it) and composes the job's config before the task function (and its quiet()) runs
+_quiet_launcher_schemas()

@@ -492,7 +492,7 @@ def test_a_failed_resume_checkpoint_write_leaves_no_temp_file(tmp_path):
     class Trainer:
         global_step, is_global_zero = 3, True
 
-        def save_checkpoint(self, path):
+        def save_checkpoint(self, path, weights_only=None):
             Path(path).write_bytes(b"half")
             raise OSError(28, "No space left on device")
 
