@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats as sps
 
 from pdspace.data.tasks import TaskSpec, get_task
+
 # elements of one gathered (replicates, seeds, examples) block: bounds a bootstrap's memory (~32 MB of int64)
 _CHUNK_ELEMENTS = 4_000_000
 
@@ -235,6 +236,14 @@ def marks(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return ""
     return "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+NOT_SIGNIFICANT = "not significant at 0.05 (the data do not separate them)"
+
+
+def format_p(p: float) -> str:
+    """A p-value in a sentence: three decimals, or two significant digits below 0.001."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 # ------------------------------------------------------------------------------- predictions.npz

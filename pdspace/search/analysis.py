@@ -21,7 +21,7 @@ from pdspace import results as results_io
 from pdspace.design.space import DEFAULT_NUM_GROUPS, Design, grouping_matches, normalize_strategies, parse_dimension
 from pdspace.results import finite
 from pdspace.search.ordering import rank_key
-from pdspace.stats import paired_t, welch_t
+from pdspace.stats import NOT_SIGNIFICANT, format_p, paired_t, welch_t
 
 # uniform first: [1, 2, 2, 1] on 6 layers is as even as it gets, whatever else it also matches
 DERIVED_GROUPINGS = ("uniform", "increasing", "decreasing", "spindle", "bottleneck")
@@ -74,9 +74,9 @@ class WinnerTest:
             return f"against {self.against or '-'}: no test ({self.why})"
         what = (f"{self.n} pairs of runs that differ only in {dimension}" if self.test == "paired t"
                 else f"{self.n} runs, unpaired")
-        verdict = "significant at 0.05" if self.p < 0.05 else "not significant at 0.05 (the data do not separate them)"
-        p = f"{self.p:.3f}" if self.p >= 0.001 else f"{self.p:.1e}"
-        return f"against {self.against} (runner-up): {self.diff:+.4f} over {what}, {self.test}-test p = {p}, {verdict}"
+        verdict = "significant at 0.05" if self.p < 0.05 else NOT_SIGNIFICANT
+        return (f"against {self.against} (runner-up): {self.diff:+.4f} over {what}, {self.test}-test "
+                f"p = {format_p(self.p)}, {verdict}")
 
 
 @dataclass

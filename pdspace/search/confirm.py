@@ -174,6 +174,7 @@ def versus_baseline(report: Any, winner: str, baselines: Mapping[str, Mapping[st
     bootstrap over examples where predictions allow) or, with several tasks, on the per-seed task average (paired
     t). None without a baseline that trained; `line` says it in words."""
     from pdspace.report import AVERAGE, compare
+    from pdspace.stats import NOT_SIGNIFICANT, format_p
 
     trained = [b for b in baselines.values() if b["runs"]]
     index = {row.method: i for i, row in enumerate(report.rows)}
@@ -188,21 +189,17 @@ def versus_baseline(report: Any, winner: str, baselines: Mapping[str, Mapping[st
         diff = "no run on a shared seed" if comp.diff is None else f"{comp.diff:+.2f} over {comp.n} seed"
         line = head + f"{diff}: no test (it needs two seeds or more that both trained; give e.g. --confirm-seeds 0,1,2)"
     else:
-        tests = f"paired t-test p = {_p(comp.p_t)}" + (
-            f", paired bootstrap p = {_p(comp.p_boot)}" if comp.p_boot is not None else "")
+        tests = f"paired t-test p = {format_p(comp.p_t)}" + (
+            f", paired bootstrap p = {format_p(comp.p_boot)}" if comp.p_boot is not None else "")
         if comp.p < 0.05:
             verdict = f"the found design is significantly {'better' if comp.diff > 0 else 'worse'} at 0.05"
         else:
-            verdict = "not significant at 0.05 (the data do not separate them)"
+            verdict = NOT_SIGNIFICANT
         line = (head + f"{comp.diff:+.2f} over {comp.n} seeds, 95 % CI [{comp.ci_low:+.2f}, {comp.ci_high:+.2f}], "
                 f"{tests}; {verdict}")
     return results.finite({"against": base["label"], "design_id": base["design_id"], "column": col, "n": comp.n,
                            "diff": comp.diff, "ci": [comp.ci_low, comp.ci_high], "p_t": comp.p_t,
                            "p_boot": comp.p_boot, "p": comp.p, "line": line})
-
-
-def _p(p: float | None) -> str:
-    return "-" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
 def _train(rows: Sequence[Entry], n_candidates: int, conf: Path, sweep: Path, spec: SearchSpec, setting: Setting,
