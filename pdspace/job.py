@@ -196,6 +196,7 @@ def run_job(out: Path, config: dict[str, Any], pipeline: Pipeline, fields: Field
     """Run `pipeline` as the job of dir `out` (composed `config`); `fields(prior)` gives the record's own first
     fields. Returns the pipeline's objective (NaN when the job failed, was pruned or was not run); a single run
     raises `JobRefused` for a busy or refused dir, `JobFailed` for a failed run."""
+    tracking.quiet()  # in every process that runs a job: a launcher's workers run no console script's quiet()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with results.job_lock(out) if rank0 else contextlib.nullcontext():

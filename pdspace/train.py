@@ -254,7 +254,6 @@ def _precision(trainer_cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra task function."""
-    tracking.quiet()  # also in a launcher's worker process, which runs this and not `cli`
     try:
         return run(cfg)
     except JobFailed as e:
