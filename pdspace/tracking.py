@@ -146,24 +146,29 @@ def quiet() -> None:
 
 def quiet_warnings() -> None:
     """The warnings filters of `quiet()` alone (no import): upstream deprecations a pdspace user cannot act on."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*srun.*")
+    _ignore(".*does not have many workers.*")
+    _ignore(".*srun.*")
     # peft's PeftModel reads transformers' deprecated name (transformers 5.2x); nothing a pdspace user can change
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    _ignore(".*is_gradient_checkpointing.*", FutureWarning)
     # Lightning 2.6 reads torch's deprecated pytree name (torch 2.13); nothing a pdspace user can change
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    _ignore(r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     _quiet_launcher_schemas()
 
 
 def _quiet_launcher_schemas() -> None:
     # pdspace's launcher configs (conf/hydra/launcher/joblib.yaml, ...) keep the plugins' names, so Hydra 1.3
     # validates them against each plugin's schema of that name, as pdspace wants, and warns that 1.1 deprecated it
+    _ignore(r"\s*'hydra/launcher/[^']+' is validated against ConfigStore schema with the same name")
+
+
+def _ignore(message: str, category: type[Warning] = Warning) -> None:
+    """`warnings.filterwarnings("ignore", ...)` where that filter is not there yet: each call of it makes Python
+    show again every warning it showed once (so each job of a sweep would repeat them)."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/[^']+' is validated against ConfigStore schema "
-                            "with the same name")
+    if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == message and f[2] is category
+               for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 # also on import: a launcher's worker process imports this module (unpickling the task function, which refers to

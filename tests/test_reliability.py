@@ -501,3 +501,18 @@ def test_a_failed_resume_checkpoint_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(OSError):
         ResumeCheckpoint(last, 1)._save(Trainer())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"] and last.read_bytes() == b"old"
+
+
+def test_quiet_in_every_job_shows_a_once_shown_warning_once():
+    """run_job calls quiet() for each job; a filter added again would make Python show every warning it has shown
+    once again (an Optuna ExperimentalWarning in each job of a study sweep instead of once)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        shown = []
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        for _ in range(3):
+            tracking.quiet()
+            warnings.warn("a warning of some library", UserWarning)
+    assert shown == ["a warning of some library"]
