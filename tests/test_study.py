@@ -449,3 +449,17 @@ def test_a_de_search_is_one_of_the_searches_and_is_deterministic_for_a_seed(tmp_
         return designs
 
     assert run(3) == run(3) and len(set(run(3))) > 6
+
+
+def test_the_tpe_sampler_says_nothing_of_its_experimental_group_option(tmp_path):
+    """`group=True` is chosen on purpose; Optuna's ExperimentalWarning for it printed in every job of a tpe sweep."""
+    import warnings
+
+    from pdspace.search.study import make_sampler
+
+    spec = study_spec({"name": "S0", "search": "tpe", "pruner": "none", "trials": 4}, tmp_path, "sst2", 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = make_sampler(spec, 0)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]

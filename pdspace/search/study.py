@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,8 +176,12 @@ def make_sampler(spec: StudySpec, seed: int) -> Any:
     """The sampler for `spec.search`: Optuna's TPE (multivariate, conditional groups), GP or random sampler, or
     differential evolution (`pdspace.search.de`)."""
     if spec.search == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
-                                          n_startup_trials=spec.startup_trials)
+        # `group` (conditional parameters sampled jointly) is Optuna-experimental, chosen on purpose: no warning in
+        # every job that loads the study
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
+                                              n_startup_trials=spec.startup_trials)
     if spec.search == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.startup_trials,
                                          warn_independent_sampling=False)
