@@ -172,5 +172,5 @@ def _ignore(message: str, category: type[Warning] = Warning) -> None:
 
 
 # also on import: a launcher's worker process imports this module (unpickling the task function, which refers to
-# it) and composes the job's config before the task function (and its quiet()) runs
+# it) and composes the job's config before the job (and run_job's quiet()) runs
 _quiet_launcher_schemas()
