@@ -118,6 +118,24 @@ def test_compile_bench_counts_compilations_per_job(capsys, one_thread):
     assert [r[3:9] for r in _compile_rows(out)] == [["—", "—", "2", "—", "0", "0"], ["—", "—", "0", "—", "0", "0"]]
 
 
+def test_bench_prints_no_load_report(capfd, one_thread):
+    """A pretrained backbone's load report ("classifier ... MISSING ... consider training") and weight-loading bar
+    are transformers' noise between the header and the table: the bench runs quiet, as pdspace-train does."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # what a fresh process has, whatever ran before in this one
+    transformers.utils.logging.enable_progress_bar()
+    try:
+        main(["compile", "--backbone", "minilm", "--designs", "lora", "--backend", "eager", "--lengths", "8",
+              "--rounds", "0"])
+    finally:
+        transformers.logging.set_verbosity(level)
+    out, err = capfd.readouterr()
+    assert "| 0 |" in out
+    assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err
+
+
 def test_compile_bench_samples_s0_designs(capsys, one_thread):
     """`--designs N`: N distinct S0 designs, one job each, and the sweep's compile seconds against its first job's."""
     main(["compile", "--backbone", "tiny-bert", "--designs", "3", "--backend", "eager", "--lengths", "8",

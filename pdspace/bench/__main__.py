@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         importlib.import_module(f"pdspace.bench.{name}").add_parser(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    from pdspace.tracking import quiet
+
+    quiet()  # a pretrained backbone's load report and progress bars are not the bench's table
     print(header(argv, gpu=not getattr(args, "cpu", False)) + "\n")
     run: Any = args.run
     run(args)
