@@ -11,6 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread a worker (and in the subprocesses its tests start): the workers share the machine's cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from pdspace.archs import build_model  # noqa: E402
 

@@ -39,7 +39,9 @@ def test_a_job_builds_then_hits_and_counts_every_id(tmp_path):
     PDSpaceDataModule.clear_memory_cache()
     hit = job(spec)
     assert (first["cache"], hit["cache"], hit["rows"]) == ("built", "disk", 6)
-    assert 0 <= hit["imports_mb"] < 1000  # the PSS of importing datasets and pyarrow, not a clock reading
+    # the PSS of importing datasets and pyarrow (MB, not bytes). Imported already here, so about 0, and it can be a
+    # little below: a process's PSS drops while another process (a test worker, a subprocess) maps the same pages
+    assert -50 < hit["imports_mb"] < 1000
     assert hit["tokens"] == first["tokens"] == 2 * 6 * (64 + 8)  # inputs and targets truncated, both splits
 
 
