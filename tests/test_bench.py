@@ -123,14 +123,15 @@ def test_bench_prints_no_load_report(capfd, one_thread):
     are transformers' noise between the header and the table: the bench runs quiet, as pdspace-train does."""
     import transformers
 
-    level = transformers.logging.get_verbosity()
+    level, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_warning()  # what a fresh process has, whatever ran before in this one
     transformers.utils.logging.enable_progress_bar()
     try:
         main(["compile", "--backbone", "minilm", "--designs", "lora", "--backend", "eager", "--lengths", "8",
               "--rounds", "0"])
-    finally:
+    finally:  # this process's settings as they were
         transformers.logging.set_verbosity(level)
+        (transformers.utils.logging.enable_progress_bar if bars else transformers.utils.logging.disable_progress_bar)()
     out, err = capfd.readouterr()
     assert "| 0 |" in out
     assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err
